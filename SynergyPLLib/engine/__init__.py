@@ -1,0 +1,15 @@
+"""The SynergyPL engine (torch + MONAI; no servers, no Slicer).
+
+Modules, one job each:
+- ``io``: volumes with geometry (NIfTI, NRRD, DICOM series) and input validation.
+- ``config``: the engine configuration that travels with each checkpoint.
+- ``data``: Decathlon folders, preprocessing (MONAI transforms) and patch sampling.
+- ``model``: the MONAI network, feature hook and checkpoints.
+- ``synergy``: synergy evaluation (consistent/confident regions) and the regional losses.
+- ``soft_labels``: class prototypes, similarity smoothing, rare-class boost.
+- ``calibration``: temperature scaling and (class-wise) ECE.
+- ``trainer``: supervised / Mean Teacher / SGRS / SynergyPL training with EMA teacher.
+- ``inference``: sliding-window prediction, confidence heatmap, region map, flagged regions.
+- ``metrics`` / ``uncertainty``: Dice, HD95, ASD, ECE; error-detection baselines.
+- ``bench``: the benchmark of ../shared/BENCHMARK.md.
+"""

@@ -1,0 +1,171 @@
+"""Reading and writing 3D volumes with their geometry.
+
+Everything that enters the engine passes through :func:`read_volume` / :func:`read_label`, which turn
+files (NIfTI, NRRD, MHA, a DICOM series folder) into a :class:`Volume`: a numpy array indexed
+``[i, j, k]`` plus the ITK geometry (spacing, origin, direction) in LPS patient coordinates, the
+convention of DICOM, NRRD and ITK. ``ijk_to_ras`` gives Slicer's RAS view of the same geometry.
+
+Bad input raises :class:`VolumeError` whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(ValueError):
+    """A file cannot be used as an image or label; the message says which file and why."""
+
+
+@dataclass
+class Volume:
+    """A 3D array ``[i, j, k]`` with its voxel-to-patient geometry (LPS, millimetres)."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.origin = tuple(float(o) for o in self.origin)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape[:3])
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix mapping voxel indices (i, j, k, 1) to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    @property
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 matrix mapping voxel indices to RAS millimetres (Slicer's world frame)."""
+        return LPS_TO_RAS @ self.ijk_to_lps
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same geometry carrying another array (e.g. a label map or a heatmap)."""
+        if tuple(array.shape[:3]) != self.shape:
+            raise VolumeError(f"array shape {array.shape} does not match volume shape {self.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction.copy(), self.source)
+
+    def same_geometry(self, other: Volume, tol: float = 1e-3) -> str | None:
+        """None when both volumes share a voxel grid, else a sentence saying how they differ."""
+        if self.shape != other.shape:
+            return f"shape {other.shape} differs from the image's {self.shape}"
+        if not np.allclose(self.spacing, other.spacing, atol=tol, rtol=tol):
+            return f"spacing {other.spacing} differs from the image's {self.spacing}"
+        if not np.allclose(self.origin, other.origin, atol=max(tol, 1e-2 * min(self.spacing))):
+            return f"origin {other.origin} differs from the image's {self.origin}"
+        if not np.allclose(self.direction, other.direction, atol=tol):
+            return "direction matrix differs from the image's"
+        return None
+
+
+def _to_sitk(vol: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(vol.array, (2, 1, 0))))
+    img.SetSpacing(vol.spacing)
+    img.SetOrigin(vol.origin)
+    img.SetDirection(tuple(vol.direction.flatten()))
+    return img
+
+
+def _from_sitk(img: sitk.Image, source: str) -> Volume:
+    arr = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0))
+    return Volume(arr, img.GetSpacing(), img.GetOrigin(), np.array(img.GetDirection()).reshape(3, 3), source)
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise VolumeError(f"{path}: folder holds no DICOM series")
+        if len(series) > 1:
+            raise VolumeError(f"{path}: folder holds {len(series)} DICOM series; give one series folder")
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        reader.SetFileNames(files)
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def read_volume(path: str | os.PathLike, *, allow_constant: bool = False) -> Volume:
+    """Read a 3D scalar image (NIfTI, NRRD, MHA, or a DICOM series folder) with its geometry.
+
+    Raises VolumeError for a missing, unreadable, 2D, multi-component, empty, constant or non-finite image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder")
+    try:
+        img = _read_sitk(path)
+    except VolumeError:
+        raise
+    except Exception as exc:  # SimpleITK raises RuntimeError with a long ITK trace
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise VolumeError(f"{path}: cannot be read as an image ({first})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                          "a single scalar channel is needed")
+    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
+        img = img[:, :, :, 0]
+    if img.GetDimension() != 3:
+        raise VolumeError(f"{path}: is {img.GetDimension()}D; SynergyPL needs 3D volumes")
+    vol = _from_sitk(img, str(path))
+    if min(vol.shape) < 2:
+        raise VolumeError(f"{path}: shape {vol.shape} is a 2D slice, not a 3D volume")
+    if vol.array.size == 0:
+        raise VolumeError(f"{path}: image is empty")
+    if vol.array.dtype.kind == "f" and not np.isfinite(vol.array).all():
+        raise VolumeError(f"{path}: image contains NaN or infinite values")
+    if not allow_constant and vol.array.min() == vol.array.max():
+        raise VolumeError(f"{path}: image is constant (every voxel {vol.array.flat[0]}); nothing to segment")
+    return vol
+
+
+def check_label(label: Volume, image: Volume, num_classes: int, name: str = "") -> Volume:
+    """Validate a label map against its image and the class count; returns it as uint8.
+
+    Raises VolumeError if the grids differ, values are not whole numbers in [0, num_classes).
+    """
+    name = name or label.source or "label"
+    diff = image.same_geometry(label)
+    if diff:
+        raise VolumeError(f"{name}: label does not fit image {image.source or ''}: {diff}")
+    arr = label.array
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise VolumeError(f"{name}: label contains NaN or infinite values")
+        if not np.all(arr == np.round(arr)):
+            raise VolumeError(f"{name}: label has non-integer values")
+    values = np.unique(arr)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+        raise VolumeError(f"{name}: label values {bad.tolist()[:10]} are outside the classes 0..{num_classes - 1}")
+    return label.with_array(arr.astype(np.uint8))
+
+
+def read_label(path: str | os.PathLike, image: Volume, num_classes: int) -> Volume:
+    """Read a label map and check it against ``image`` and ``num_classes`` (see :func:`check_label`)."""
+    return check_label(read_volume(path, allow_constant=True), image, num_classes, str(path))
+
+
+def write_volume(vol: Volume, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write a volume with its geometry; the format follows the extension (.nii.gz, .nrrd, .mha)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(_to_sitk(vol), str(path), compress)
+    return path
