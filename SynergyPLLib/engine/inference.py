@@ -1,0 +1,188 @@
+"""Prediction with the synergy confidence heatmap, the region map and the flagged regions.
+
+The heatmap compares the plain prediction ``p`` with K *mixed views* ``p_k`` (the case blended with a
+labeled reference patch, as in training: ``lambda * x + (1 - lambda) * ref``). Per voxel, with
+``y = argmax p`` and calibrated probabilities::
+
+    agreement_k = min(p[y], p_k[y])                       # high only if both views back y confidently
+    heatmap     = (mean_k agreement_k - 1/C) / (1 - 1/C)  # 1 = certain, 0 = no better than chance
+
+The region map uses the training rule (consistent across views? confident in all?). Flagged regions
+are 26-connected components of ``heatmap < threshold``, ranked by ``sum(1 - heatmap)``: the expected
+number of wrong voxels fixing the region would correct.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .config import EngineConfig
+from .data import Preprocessor
+from .io import Volume
+from .model import default_device, load_checkpoint, network_from_checkpoint
+from .sliding_window import WindowPredictor
+from .synergy import confidence_bar, confidence_score
+
+
+@dataclass
+class FlaggedRegion:
+    rank: int
+    voxel_count: int
+    volume_ml: float
+    bbox_ijk: list[list[int]]  # [[i0, j0, k0], [i1, j1, k1]], inclusive
+    centroid_ijk: list[float]
+    centroid_lps: list[float]
+    centroid_ras: list[float]
+    mean_confidence: float
+    classes: list[str]
+    score: float  # sum of (1 - confidence): the expected number of wrong voxels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    label: Volume
+    probabilities: np.ndarray  # (C, I, J, K) float32, calibrated
+    heatmap: Volume | None = None
+    region_map: Volume | None = None
+    regions: list[FlaggedRegion] = field(default_factory=list)
+    seconds: float = 0.0
+    model_info: dict = field(default_factory=dict)
+
+
+def tile_to(ref: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Repeat a (1, *patch) reference patch (mirrored, to avoid seams) until it covers (1, *shape)."""
+    pads = [(0, 0)] + [(0, max(0, s - r)) for s, r in zip(shape, ref.shape[1:], strict=True)]
+    out = np.pad(ref, pads, mode="symmetric") if any(p[1] for p in pads) else ref
+    return out[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+
+def synergy_heatmap(probs: torch.Tensor, view_probs: list[torch.Tensor]) -> torch.Tensor:
+    """Heatmap (I, J, K) in [0, 1] from plain probs (C, ...) and mixed-view probs [(C, ...)]."""
+    c = probs.shape[0]
+    y = probs.argmax(0, keepdim=True)
+    p_y = probs.gather(0, y)
+    agree = torch.stack([torch.minimum(p_y, v.gather(0, y)) for v in view_probs]).mean(0)[0]
+    return ((agree - 1.0 / c) / (1.0 - 1.0 / c)).clamp(0, 1)
+
+
+def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str, bar: float) -> torch.Tensor:
+    """Region map (I, J, K) uint8: 0 consistent+confident ... 3 inconsistent+uncertain (see synergy.py)."""
+    y = probs.argmax(0)
+    consistent = torch.ones_like(y, dtype=torch.bool)
+    confident = confidence_score(probs[None], mode)[0, 0] >= bar
+    for v in view_probs:
+        consistent &= v.argmax(0) == y
+        confident &= confidence_score(v[None], mode)[0, 0] >= bar
+    return ((~consistent).to(torch.uint8) * 2 + (~confident).to(torch.uint8))
+
+
+def flag_regions(heatmap: Volume, label: Volume, classes: list[str], threshold: float = 0.5,
+                 min_voxels: int = 5, max_regions: int = 50,
+                 view_labels: list[np.ndarray] | None = None) -> list[FlaggedRegion]:
+    """Connected low-confidence components, ranked by ``sum(1 - heatmap)``; geometry from ``heatmap``."""
+    h = np.asarray(heatmap.array, dtype=np.float32)
+    low = h < threshold
+    comps, n = ndimage.label(low, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    counts = ndimage.sum_labels(np.ones_like(h), comps, idx)
+    doubt = ndimage.sum_labels(1.0 - h, comps, idx)
+    keep = [i for i in np.argsort(-doubt, kind="stable") if counts[i] >= min_voxels][:max_regions]
+    boxes = ndimage.find_objects(comps)
+    voxel_ml = float(np.prod(heatmap.spacing)) / 1000.0
+    lab = np.asarray(label.array)
+    out = []
+    for rank, i in enumerate(keep, start=1):
+        box = boxes[i]
+        mask = comps[box] == i + 1
+        ijk = np.argwhere(mask) + np.array([s.start for s in box])
+        centroid = ijk.mean(0)
+        hom = np.append(centroid, 1.0)
+        present = set(np.unique(lab[box][mask]).tolist())
+        for v in view_labels or []:
+            present |= set(np.unique(v[box][mask]).tolist())
+        out.append(FlaggedRegion(
+            rank=rank, voxel_count=int(counts[i]), volume_ml=round(float(counts[i]) * voxel_ml, 6),
+            bbox_ijk=[[s.start for s in box], [s.stop - 1 for s in box]],
+            centroid_ijk=[round(float(v), 3) for v in centroid],
+            centroid_lps=[round(float(v), 3) for v in (heatmap.ijk_to_lps @ hom)[:3]],
+            centroid_ras=[round(float(v), 3) for v in (heatmap.ijk_to_ras @ hom)[:3]],
+            mean_confidence=round(float(1.0 - doubt[i] / counts[i]), 4),
+            classes=[classes[c] for c in sorted(present) if c < len(classes)],
+            score=round(float(doubt[i]), 3)))
+    return out
+
+
+class Predictor:
+    """A trained model ready to predict: network, preprocessing, temperature and mixing references."""
+
+    def __init__(self, net: torch.nn.Module, config: EngineConfig, temperature: float = 1.0,
+                 mix_references: list[np.ndarray] | None = None, device: str | None = None,
+                 info: dict | None = None):
+        self.config = config
+        self.classes = list(config.classes)
+        self.temperature = float(temperature)
+        self.device = device or default_device()
+        self.net = net.to(self.device).eval()
+        self.pre = Preprocessor(config.preprocess)
+        self.refs = [np.asarray(r, dtype=np.float32) for r in (mix_references or [])]
+        inf = config.inference
+        self.window = WindowPredictor(self.net, config.train.patch_size, inf.overlap, inf.sw_batch_size, self.device)
+        self.info = info or {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> Predictor:
+        ckpt = load_checkpoint(path)
+        net, cfg = network_from_checkpoint(ckpt)
+        info = {"checkpoint": str(path), "iteration": ckpt.get("iteration"), **ckpt.get("metrics", {})}
+        return cls(net, cfg, ckpt.get("temperature", 1.0), ckpt.get("mix_references"), device, info)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities (C, I', J', K') for a preprocessed image (1, I', J', K')."""
+        return self.window.probabilities(x[None].as_tensor() if hasattr(x, "as_tensor") else x[None],
+                                         self.temperature)[0].cpu()
+
+    def mixed_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Probabilities of the K mixed views of a preprocessed image (1, I', J', K')."""
+        inf = self.config.inference
+        if not self.refs:
+            raise ValueError("this checkpoint has no mixing references; it cannot compute a synergy heatmap")
+        base = x.as_tensor() if hasattr(x, "as_tensor") else x
+        views = []
+        for k in range(max(1, inf.mix_views)):
+            ref = torch.from_numpy(tile_to(self.refs[k % len(self.refs)], tuple(base.shape[1:])))
+            mixed = inf.mix_lambda * base + (1 - inf.mix_lambda) * ref
+            views.append(self.probabilities(mixed))
+        return views
+
+    def predict(self, image: Volume, *, heatmap: bool = True, flag_threshold: float | None = None) -> Prediction:
+        """Label map (+ heatmap, region map and flagged regions) in ``image``'s geometry."""
+        start = time.perf_counter()
+        x = self.pre.image(image)
+        probs = self.pre.invert(self.probabilities(x), x)
+        label = image.with_array(probs.argmax(0).numpy().astype(np.uint8))
+        pred = Prediction(label=label, probabilities=probs.numpy(), model_info=dict(self.info))
+        if heatmap:
+            inf, tc = self.config.inference, self.config.train
+            views = [self.pre.invert(v, x) for v in self.mixed_views(x)]
+            heat = synergy_heatmap(probs, views).numpy().astype(np.float32)
+            codes = region_codes(probs, views, tc.confidence_mode,
+                                 confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold))
+            pred.heatmap = image.with_array(heat)
+            pred.region_map = image.with_array(codes.numpy())
+            pred.regions = flag_regions(pred.heatmap, label, self.classes,
+                                        inf.flag_threshold if flag_threshold is None else flag_threshold,
+                                        inf.min_region_voxels, inf.max_regions,
+                                        [v.argmax(0).numpy() for v in views])
+        pred.seconds = time.perf_counter() - start
+        return pred

@@ -1,0 +1,390 @@
+"""Semi-supervised training: supervised, Mean Teacher, SGRS and SynergyPL on one network.
+
+One training step takes a labeled and an unlabeled batch; the EMA teacher is updated exactly once per
+step, after the optimizer. The model kept is the teacher at the iteration with the best Dice on the
+validation split (never the test split). ``state.pt`` lets a run resume; ``should_stop`` cancels it.
+
+Methods (``TrainConfig.method``):
+- ``supervised`` / ``full``: labeled loss only (``full`` is the same with every case labeled).
+- ``mean_teacher``: + ramped MSE between student and teacher softmax on noisy unlabeled images.
+- ``sgrs``: + pseudo labels, mix augmentation, synergy evaluation and the regional losses.
+- ``synergypl``: ``sgrs`` + class-similarity label smoothing, rare-class boost and calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from monai.utils import set_determinism
+
+from .calibration import expected_calibration_error, fit_temperature
+from .config import EngineConfig
+from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
+from .model import CHECKPOINT_FORMAT, FeatureHook, atomic_torch_save, build_network, default_device, load_checkpoint
+from .sliding_window import WindowPredictor
+from .soft_labels import ClassPrototypes, class_frequencies, rare_class_scale
+from .synergy import (
+    REGION_NAMES,
+    RegionalLoss,
+    confidence_bar,
+    gaussian_rampup,
+    mix_images,
+    mix_lambda,
+    smoothed_targets,
+    soft_cross_entropy,
+    synergy_regions,
+)
+
+SEMI_SUPERVISED = ("mean_teacher", "sgrs", "synergypl")
+
+
+@dataclass
+class ProgressEvent:
+    """What a progress callback receives: after each iteration, validation, and at the end."""
+
+    iteration: int
+    total: int
+    losses: dict[str, float]
+    val_dice: float | None
+    best_val_dice: float | None
+    eta_seconds: float
+    phase: str  # "train" | "validate" | "calibrate" | "done" | "cancelled"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    best_val_dice: float
+    best_iteration: int
+    iterations: int
+    train_seconds: float
+    temperature: float
+    ece_before: float
+    ece_after: float
+    cancelled: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, parameters and float buffers."""
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+        for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+            if t.dtype.is_floating_point:
+                t.copy_(s)
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
+    """Dice of each foreground class (1 when both are empty)."""
+    out = []
+    for c in range(1, num_classes):
+        p, t = pred == c, truth == c
+        denom = p.sum() + t.sum()
+        out.append(1.0 if denom == 0 else float(2 * (p & t).sum() / denom))
+    return out
+
+
+class Trainer:
+    """Holds networks, optimizer, samplers and state; ``step()`` runs one iteration."""
+
+    def __init__(self, config: EngineConfig, labeled: list[LoadedCase], unlabeled: list[LoadedCase],
+                 validation: list[LoadedCase], out_dir: str | Path, *, device: str | None = None,
+                 init_checkpoint: str | Path | None = None):
+        tc = config.train
+        if tc.method not in (*SEMI_SUPERVISED, "supervised", "full"):
+            raise ValueError(f"unknown method {tc.method!r}")
+        if not labeled:
+            raise ValueError("training needs at least one labeled case")
+        if tc.method in SEMI_SUPERVISED and not unlabeled:
+            raise ValueError(f"method {tc.method} needs unlabeled cases; none were given")
+        if not validation:
+            raise ValueError("training needs at least one validation case (for checkpoint selection)")
+        self.config = config
+        self.tc = tc
+        self.method = tc.method
+        self.C = config.num_classes
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device or default_device())
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        set_determinism(seed=tc.seed)
+        self.rng = np.random.default_rng(tc.seed)
+        self.gen = torch.Generator().manual_seed(tc.seed)
+
+        self.student = build_network(config.model, self.C).to(self.device)
+        self.temperature = 1.0
+        if init_checkpoint is not None:  # fine-tuning round: start from the last model
+            ckpt = load_checkpoint(init_checkpoint)
+            self.student.load_state_dict(ckpt["state_dict"])
+        self.teacher = copy.deepcopy(self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=tc.lr, momentum=tc.momentum,
+                                         weight_decay=tc.weight_decay)
+        self.features = FeatureHook(self.student)
+
+        self.labeled = PatchSampler(labeled, tc.patch_size, self.rng)
+        self.unlabeled = PatchSampler(unlabeled, tc.patch_size, self.rng) if unlabeled else None
+        self.validation = validation
+        self.window = WindowPredictor(self.teacher, tc.patch_size, config.inference.overlap,
+                                      config.inference.sw_batch_size, str(self.device))
+
+        soft = tc.soft
+        is_pl = self.method == "synergypl"
+        self.frequencies = class_frequencies([c.label for c in labeled], self.C)
+        self.class_scale = rare_class_scale(self.frequencies, soft.rare_class_power) \
+            if is_pl and soft.rare_class_boost else None
+        self.prototypes = ClassPrototypes(self.C, soft.prototype_momentum)
+        self.use_similarity = is_pl and soft.similarity_smoothing
+        self.calibrate_during = is_pl and soft.calibration
+        self.bar = confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold)
+        self.dice_loss = DiceLoss(include_background=False, softmax=True, smooth_nr=1.0, smooth_dr=1.0)
+        self.regional = RegionalLoss(self.C, tc.label_smoothing, tc.soft_dice_smooth)
+
+        self.iteration = 0
+        self.ema_updates = 0
+        self.best_dice = -1.0
+        self.best_iteration = 0
+        self.history: list[dict] = []
+        self.region_share = torch.zeros(4)
+
+    # --- losses -------------------------------------------------------------------------------
+    def _smoothing_rows(self) -> torch.Tensor | None:
+        return self.prototypes.smoothing_rows() if self.use_similarity else None
+
+    def supervised_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """0.5 * (CE + Dice) on labeled patches; CE targets smoothed toward similar classes for synergypl."""
+        eps = self.tc.soft.smoothing if self.use_similarity else 0.0
+        target = smoothed_targets(labels, self.C, eps, self._smoothing_rows())
+        ce = soft_cross_entropy(logits, target).mean()
+        dice = self.dice_loss(logits, smoothed_targets(labels, self.C, 0.0))
+        return 0.5 * (ce + dice)
+
+    def _noisy(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.gen) * self.tc.pseudo_noise_sigma
+        return x + noise.clamp(-self.tc.pseudo_noise_clip, self.tc.pseudo_noise_clip).to(x.device)
+
+    def step(self) -> dict[str, float]:
+        """One iteration: forward, backward, optimizer step, then exactly one EMA update."""
+        tc = self.tc
+        self.student.train()
+        xl, yl = self.labeled.sample(tc.batch_labeled)
+        xl, yl = xl.to(self.device), yl.to(self.device)
+        w = gaussian_rampup(self.iteration, tc.iterations, tc.rampup_fraction) * tc.unlabeled_weight
+        losses: dict[str, float] = {}
+
+        if self.method in ("supervised", "full"):
+            logits_l = self.student(xl)
+            loss = self.supervised_loss(logits_l, yl)
+        else:
+            xu, _ = self.unlabeled.sample(tc.batch_unlabeled)
+            xu = xu.to(self.device)
+            bl, bu = xl.shape[0], xu.shape[0]
+            if self.method == "mean_teacher":
+                logits = self.student(torch.cat([xl, self._noisy(xu)]))
+                with torch.no_grad():
+                    t_probs = torch.softmax(self.teacher(self._noisy(xu)), 1)
+                logits_l = logits[:bl]
+                consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
+                loss_u = tc.consistency_weight * consistency
+                losses["consistency"] = float(consistency)
+            else:
+                with torch.no_grad():
+                    pseudo = self.teacher(self._noisy(xu)).argmax(1)
+                lam = mix_lambda(bu, tc.mix_beta, self.gen).to(self.device)
+                x_mix = mix_images(xu, xl, lam)
+                logits = self.student(torch.cat([xl, xu, x_mix]))
+                logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
+                with torch.no_grad():
+                    regions = synergy_regions(torch.softmax(logits_u / self.temperature, 1),
+                                              torch.softmax(logits_m / self.temperature, 1),
+                                              tc.confidence_mode, self.bar, self.class_scale)
+                    self.region_share = torch.bincount(regions.flatten().cpu(), minlength=4).float() / regions.numel()
+                rows = self._smoothing_rows()
+                lu, parts_u = self.regional(logits_u, pseudo, regions, rows)
+                lm, parts_m = self.regional(logits_m, pseudo, regions, rows)
+                loss_u = 0.5 * (0.5 * (lu + lm))
+                for k in parts_u:
+                    losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
+            if self.use_similarity and self.features.features is not None:
+                self.prototypes.update(self.features.features[:bl], yl)
+            loss_l = self.supervised_loss(logits_l, yl)
+            losses["supervised"] = float(loss_l)
+            losses["unlabeled"] = float(loss_u)
+            loss = loss_l + w * loss_u
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        ema_update(self.teacher, self.student, min(1 - 1 / (self.iteration + 1), tc.ema_decay))
+        self.ema_updates += 1
+        losses["total"] = float(loss)
+        losses["weight"] = w
+        return losses
+
+    # --- validation, calibration, checkpoints -------------------------------------------------
+    @torch.no_grad()
+    def validate(self, collect_logits: bool = False):
+        """Mean foreground Dice of the teacher on the validation cases (and their logits if asked)."""
+        self.teacher.eval()
+        dices, logits_all, labels_all = [], [], []
+        for case in self.validation:
+            logits = self.window(torch.from_numpy(case.image)[None])[0].cpu()
+            pred = logits.argmax(0).numpy()
+            dices.append(np.mean(dice_per_class(pred, case.label, self.C)))
+            if collect_logits:
+                logits_all.append(logits.reshape(self.C, -1).T)
+                labels_all.append(torch.from_numpy(case.label.reshape(-1).astype(np.int64)))
+        mean = float(np.mean(dices))
+        if collect_logits:
+            return mean, torch.cat(logits_all), torch.cat(labels_all)
+        return mean
+
+    def calibrate(self) -> tuple[float, float, float]:
+        """Fit the temperature on validation logits; returns (T, ECE before, ECE after)."""
+        _, logits, labels = self.validate(collect_logits=True)
+        before = expected_calibration_error(torch.softmax(logits, 1), labels)
+        t = fit_temperature(logits, labels)
+        after = expected_calibration_error(torch.softmax(logits / t, 1), labels)
+        return float(t), float(before), float(after)
+
+    def model_payload(self, temperature: float | None = None, metrics: dict | None = None) -> dict:
+        inf = self.config.inference
+        refs = self.labeled.foreground_patches(max(1, inf.mix_views))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "classes": list(self.config.classes),
+            "state_dict": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
+            "temperature": float(self.temperature if temperature is None else temperature),
+            "mix_references": [r.astype(np.float16) for r in refs],
+            "class_frequencies": self.frequencies.tolist(),
+            "smoothing_rows": self.prototypes.smoothing_rows().tolist(),
+            "iteration": self.iteration,
+            "metrics": metrics or {},
+        }
+
+    def save_state(self) -> None:
+        atomic_torch_save({
+            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
+            "ema_updates": self.ema_updates, "best_dice": self.best_dice, "best_iteration": self.best_iteration,
+            "temperature": self.temperature, "prototypes": self.prototypes.state_dict(),
+            "history": self.history, "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "method": self.method,
+        }, self.out_dir / "state.pt")
+
+    def load_state(self) -> bool:
+        path = self.out_dir / "state.pt"
+        if not path.exists():
+            return False
+        s = torch.load(path, map_location="cpu", weights_only=False)
+        if s.get("method") != self.method:
+            raise ValueError(f"{path}: was written by method {s.get('method')}, not {self.method}")
+        self.student.load_state_dict(s["student"])
+        self.teacher.load_state_dict(s["teacher"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.iteration, self.ema_updates = s["iteration"], s["ema_updates"]
+        self.best_dice, self.best_iteration = s["best_dice"], s["best_iteration"]
+        self.temperature = s["temperature"]
+        self.prototypes.load_state_dict(s["prototypes"])
+        self.history = s["history"]
+        self.rng.bit_generator.state = s["rng"]
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        return True
+
+    def _validate_and_keep_best(self) -> float:
+        if self.calibrate_during:  # the synergy evaluation uses calibrated probabilities
+            dice, logits, labels = self.validate(collect_logits=True)
+            self.temperature = float(fit_temperature(logits, labels))
+        else:
+            dice = self.validate()
+        if dice > self.best_dice:
+            self.best_dice, self.best_iteration = dice, self.iteration
+            atomic_torch_save(self.model_payload(metrics={"val_dice": dice}), self.out_dir / "model.pt")
+        return dice
+
+    def run(self, *, resume: bool = False, on_progress: Callable[[ProgressEvent], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train to ``iterations``; returns the selected checkpoint and its validation numbers."""
+        tc = self.tc
+        if resume:
+            self.load_state()
+        start, start_it = time.perf_counter(), self.iteration
+        cancelled = False
+
+        def emit(phase, losses, val=None):
+            if on_progress is None:
+                return
+            done = self.iteration - start_it
+            rate = (time.perf_counter() - start) / max(1, done)
+            on_progress(ProgressEvent(self.iteration, tc.iterations, losses, val,
+                                      self.best_dice if self.best_dice >= 0 else None,
+                                      rate * (tc.iterations - self.iteration), phase))
+
+        while self.iteration < tc.iterations:
+            if should_stop is not None and should_stop():
+                cancelled = True
+                break
+            losses = self.step()
+            val = None
+            if self.iteration % tc.val_every == 0 or self.iteration == tc.iterations:
+                val = self._validate_and_keep_best()
+                self.history.append({"iteration": self.iteration, "val_dice": val, **losses,
+                                     **{f"share_{n}": float(v) for n, v in zip(REGION_NAMES, self.region_share, strict=True)}})
+                emit("validate", losses, val)
+            else:
+                emit("train", losses)
+            if self.iteration % tc.checkpoint_every == 0:
+                self.save_state()
+        self.save_state()
+        if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
+            self._validate_and_keep_best()
+
+        # Calibrate the selected model on the validation split (reported for every method; applied
+        # to the model only when the method calibrates).
+        ckpt = load_checkpoint(self.out_dir / "model.pt")
+        live = copy.deepcopy(self.teacher.state_dict())
+        self.teacher.load_state_dict(ckpt["state_dict"])
+        emit("calibrate", {})
+        t, before, after = self.calibrate()
+        applied = t if (self.method == "synergypl" and tc.soft.calibration) else 1.0
+        ckpt["temperature"] = applied
+        ckpt["metrics"].update({"val_dice": self.best_dice, "best_iteration": self.best_iteration,
+                                "ece_before": before, "ece_after": after if applied != 1.0 else before,
+                                "fitted_temperature": t})
+        atomic_torch_save(ckpt, self.out_dir / "model.pt")
+        self.teacher.load_state_dict(live)
+        seconds = time.perf_counter() - start
+        emit("cancelled" if cancelled else "done", {})
+        return TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
+                           seconds, applied, before, ckpt["metrics"]["ece_after"], cancelled, self.history)
+
+
+def train(config: EngineConfig, labeled: list[CaseSpec], unlabeled: list[CaseSpec], validation: list[CaseSpec],
+          out_dir: str | Path, *, init_checkpoint: str | Path | None = None, resume: bool = False,
+          on_progress: Callable[[ProgressEvent], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, device: str | None = None,
+          progress_bar: bool = False) -> TrainResult:
+    """Read the cases from disk and run one training round (see :class:`Trainer`)."""
+    pre = Preprocessor(config.preprocess)
+    lab = load_cases(labeled, pre, config.num_classes, progress=progress_bar)
+    unl = load_cases(unlabeled, pre, config.num_classes, labeled=False, progress=progress_bar)
+    val = load_cases(validation, pre, config.num_classes, progress=progress_bar)
+    for c in lab + val:
+        if c.label is None:
+            raise ValueError(f"case {c.id} is used as labeled/validation but has no label")
+    trainer = Trainer(config, lab, unl, val, out_dir, device=device, init_checkpoint=init_checkpoint)
+    return trainer.run(resume=resume, on_progress=on_progress, should_stop=should_stop)
