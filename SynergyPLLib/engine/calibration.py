@@ -84,9 +84,11 @@ def fit_temperature(
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(x / math.exp(log_t), y))
 
-    res = minimize_scalar(nll, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
-                          options={"xatol": 1e-4})
-    return float(min(max(math.exp(res.x), T_MIN), T_MAX))
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    # Brent stops early on a flat tail (e.g. an always-right model, optimum at the bound): check the bounds
+    best = min((float(res.fun), float(res.x)), (nll(lo), lo), (nll(hi), hi))[1]
+    return float(min(max(math.exp(best), T_MIN), T_MAX))
 
 
 def _as_probs_labels(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

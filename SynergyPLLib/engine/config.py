@@ -52,6 +52,7 @@ class SoftLabelConfig:
 class TrainConfig:
     method: str = "synergypl"  # one of METHODS
     iterations: int = 600
+    round_iterations: int = 200  # a retraining round in the labeling loop fine-tunes this many
     batch_labeled: int = 2
     batch_unlabeled: int = 2
     patch_size: tuple[int, int, int] = (32, 48, 32)

@@ -10,7 +10,9 @@ Bad input raises :class:`VolumeError` whose message names the file and the probl
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +90,35 @@ def _from_sitk(img: sitk.Image, source: str) -> Volume:
     return Volume(arr, img.GetSpacing(), img.GetOrigin(), np.array(img.GetDirection()).reshape(3, 3), source)
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """ITK reads a truncated .gz quietly (zero-filling the rest); decompress once to catch it."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise VolumeError(f"{path}: file is truncated or corrupt ({exc})") from None
+
+
+def _check_nifti_size(path: Path) -> None:
+    """ITK also zero-fills a truncated uncompressed NIfTI; compare the file size with its header."""
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception as exc:
+        raise VolumeError(f"{path}: cannot be read as NIfTI ({exc})") from None
+    offset = int(header["vox_offset"]) or header.sizeof_hdr + 4  # single-file NIfTI: data after the header
+    need = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if path.stat().st_size < need:
+        raise VolumeError(f"{path}: file is truncated ({path.stat().st_size} bytes, header needs {need})")
+
+
 def _read_sitk(path: Path) -> sitk.Image:
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
+    if path.name.lower().endswith(".nii"):
+        _check_nifti_size(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))

@@ -36,14 +36,17 @@ def segmentation_metrics(
     truth: np.ndarray,
     num_classes: int,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> dict:
     """Dice, HD95 and ASD of a predicted label map against the truth, per foreground class.
 
     In: ``pred`` and ``truth`` integer label maps of the same shape (I, J, K) with values in
-    ``0..num_classes-1`` (0 = background); ``spacing`` in mm along i, j, k (``Volume.spacing``).
-    Out: ``{"classes": [1, ..., C-1], "dice": [...], "hd95": [...], "asd": [...],
-    "dice_mean": float, "hd95_mean": float, "asd_mean": float}``; list entry ``n`` is class ``n + 1``;
-    distances in mm. Empty-class rules are in the module docstring.
+    ``0..num_classes-1`` (0 = background); ``spacing`` in mm along i, j, k (``Volume.spacing``);
+    ``class_names`` (optional, all ``num_classes`` names, background first) to key the results by name.
+    Out: ``{"dice": {key: float}, "hd95": {...}, "asd": {...}, "dice_mean", "hd95_mean", "asd_mean"}``
+    where the keys are the foreground class indices ``1..C-1`` (or their names); distances in mm.
+    Empty-class rules are in the module docstring.
     """
     pred = np.asarray(pred)
     truth = np.asarray(truth)
@@ -51,12 +54,15 @@ def segmentation_metrics(
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     if num_classes < 2:
         raise ValueError("num_classes must count the background and at least one foreground class")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     for name, arr in (("prediction", pred), ("truth", truth)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{name} values must lie in 0..{num_classes - 1}")
     spacing = [float(s) for s in spacing]
     if len(spacing) != pred.ndim:
         raise ValueError(f"spacing {spacing} does not match the {pred.ndim}D label maps")
+    keys = list(range(1, num_classes)) if class_names is None else list(class_names[1:])
 
     p_lab = torch.as_tensor(pred.astype(np.int64))[None, None]
     t_lab = torch.as_tensor(truth.astype(np.int64))[None, None]
@@ -82,10 +88,9 @@ def segmentation_metrics(
         asd_list.append(float(asd[0, 0]))
 
     return {
-        "classes": list(range(1, num_classes)),
-        "dice": dice_list,
-        "hd95": hd95_list,
-        "asd": asd_list,
+        "dice": dict(zip(keys, dice_list, strict=True)),
+        "hd95": dict(zip(keys, hd95_list, strict=True)),
+        "asd": dict(zip(keys, asd_list, strict=True)),
         "dice_mean": float(np.mean(dice_list)),
         "hd95_mean": _nanmean(hd95_list),
         "asd_mean": _nanmean(asd_list),

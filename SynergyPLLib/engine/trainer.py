@@ -28,7 +28,14 @@ from monai.utils import set_determinism
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
-from .model import CHECKPOINT_FORMAT, FeatureHook, atomic_torch_save, build_network, default_device, load_checkpoint
+from .model import (
+    CHECKPOINT_FORMAT,
+    FeatureHook,
+    atomic_torch_save,
+    build_network,
+    default_device,
+    load_checkpoint,
+)
 from .sliding_window import WindowPredictor
 from .soft_labels import ClassPrototypes, class_frequencies, rare_class_scale
 from .synergy import (
@@ -197,7 +204,7 @@ class Trainer:
                 logits_l = logits[:bl]
                 consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
                 loss_u = tc.consistency_weight * consistency
-                losses["consistency"] = float(consistency)
+                losses["consistency"] = float(consistency.detach())
             else:
                 with torch.no_grad():
                     pseudo = self.teacher(self._noisy(xu)).argmax(1)
@@ -219,8 +226,8 @@ class Trainer:
             if self.use_similarity and self.features.features is not None:
                 self.prototypes.update(self.features.features[:bl], yl)
             loss_l = self.supervised_loss(logits_l, yl)
-            losses["supervised"] = float(loss_l)
-            losses["unlabeled"] = float(loss_u)
+            losses["supervised"] = float(loss_l.detach())
+            losses["unlabeled"] = float(loss_u.detach())
             loss = loss_l + w * loss_u
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +236,7 @@ class Trainer:
         self.iteration += 1
         ema_update(self.teacher, self.student, min(1 - 1 / (self.iteration + 1), tc.ema_decay))
         self.ema_updates += 1
-        losses["total"] = float(loss)
+        losses["total"] = float(loss.detach())
         losses["weight"] = w
         return losses
 

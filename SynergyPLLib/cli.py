@@ -1,0 +1,172 @@
+"""The ``synergypl`` command: train, infer, bench, bench-latency (engine) and init, serve, demo (service)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it")
+
+    def on_progress(ev) -> None:
+        bar.n = ev.iteration
+        post = {k: f"{v:.3f}" for k, v in ev.losses.items() if k in ("total", "supervised", "unlabeled")}
+        if ev.best_val_dice is not None:
+            post["best_val_dice"] = f"{ev.best_val_dice:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
+        if ev.phase in ("done", "cancelled"):
+            bar.close()
+
+    return on_progress
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from .engine.config import EngineConfig, profile_config
+    from .engine.data import CaseSpec, load_decathlon
+    from .engine.trainer import train
+
+    classes, cases = load_decathlon(args.data)
+    cfg = EngineConfig.load(args.config) if args.config else profile_config(args.profile, classes)
+    cfg.classes = classes
+    cfg.train.method = args.method
+    cfg.train.seed = args.seed
+    if args.iterations:
+        cfg.train.iterations = args.iterations
+    order = np.random.default_rng(args.seed).permutation(len(cases))
+    cases = [cases[i] for i in order]
+    n_lab = len(cases) if args.labeled in (None, 0) else args.labeled
+    n_val = max(1, int(round(args.val_fraction * len(cases))))
+    val, rest = cases[:n_val], cases[n_val:]
+    labeled = rest[:n_lab]
+    unlabeled = [CaseSpec(c.id, c.image) for c in rest[n_lab:]]
+    if cfg.train.method in ("supervised", "full"):
+        unlabeled = []
+    print(f"{cfg.train.method}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(val)} validation cases; "
+          f"{cfg.train.iterations} iterations", file=sys.stderr)
+    res = train(cfg, labeled, unlabeled, val, args.out, init_checkpoint=args.init, resume=args.resume,
+                on_progress=_progress_bar(cfg.train.iterations, "train"), progress_bar=True)
+    print(json.dumps({"checkpoint": str(res.checkpoint), "best_val_dice": res.best_val_dice,
+                      "best_iteration": res.best_iteration, "temperature": res.temperature,
+                      "ece_before": res.ece_before, "ece_after": res.ece_after,
+                      "train_seconds": round(res.train_seconds, 1)}, indent=2))
+    return 0
+
+
+def cmd_infer(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .engine.inference import Predictor
+    from .engine.io import read_volume
+    from .engine.outputs import write_prediction
+
+    predictor = Predictor.from_checkpoint(args.model)
+    for path in tqdm(args.inputs, desc="infer", unit="case"):
+        image = read_volume(path)
+        pred = predictor.predict(image, heatmap=True, flag_threshold=args.threshold)
+        written = write_prediction(pred, image, Path(path), Path(args.out) if args.out else None, predictor.classes)
+        print(json.dumps({"input": str(path), "seconds": round(pred.seconds, 3),
+                          "flagged_regions": len(pred.regions), **{k: str(v) for k, v in written.items()}}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .engine.bench import run_bench
+
+    results = run_bench(args.data, args.labeled, args.methods.split(","), [int(s) for s in args.seeds.split(",")],
+                        args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
+                        workers=args.workers)
+    for m, s in results["summary"].items():
+        print(f"{m:14s} dice {s['dice_mean']:.4f} ± {s['dice_std']:.4f}  hd95 {s['hd95_mean']:.2f}  ece {s['ece']:.4f}")
+    print(f"wrote {Path(args.out) / 'results.json'}, uncertainty.json, report.md, dice.png")
+    return 0
+
+
+def cmd_bench_latency(args) -> int:
+    from .engine.latency import run_latency
+
+    out = run_latency(tuple(args.shape), args.out, data=args.data, repeats=args.repeats,
+                      round_iterations=args.round_iterations)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_data = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hippocampus")
+    p = argparse.ArgumentParser(prog="synergypl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a Decathlon folder (few labels + unlabeled cases)")
+    t.add_argument("--data", required=True, help="Decathlon folder (dataset.json, imagesTr/, labelsTr/)")
+    t.add_argument("--labeled", type=int, default=None, help="use labels of only N cases (rest unlabeled)")
+    t.add_argument("--method", default="synergypl", choices=["supervised", "mean_teacher", "sgrs", "synergypl", "full"])
+    t.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    t.add_argument("--config", help="engine config (JSON or YAML) instead of a profile")
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", help="fine-tune from this model.pt")
+    t.add_argument("--resume", action="store_true", help="resume from OUT/state.pt")
+    t.add_argument("--out", required=True, help="output folder (model.pt, state.pt)")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("infer", help="label map, heatmap, regions and a PNG next to each input")
+    i.add_argument("--model", required=True, help="model.pt")
+    i.add_argument("inputs", nargs="+", help="NIfTI / NRRD files or DICOM series folders")
+    i.add_argument("--out", help="write here instead of next to the input")
+    i.add_argument("--threshold", type=float, default=None, help="heatmap threshold for flagged regions")
+    i.set_defaults(func=cmd_infer)
+
+    b = sub.add_parser("bench", help="the benchmark of shared/BENCHMARK.md")
+    b.add_argument("--data", default=default_data)
+    b.add_argument("--labeled", type=int, default=7)
+    b.add_argument("--methods", default="supervised,mean_teacher,sgrs,synergypl,full")
+    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    b.add_argument("--test-data", default=None, help="report on this Decathlon folder instead of the 40 test cases")
+    b.add_argument("--iterations", type=int, default=None, help="override the profile's iteration budget")
+    b.add_argument("--workers", type=int, default=1, help="runs in parallel (each gets cores/workers threads)")
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=cmd_bench)
+
+    lat = sub.add_parser("bench-latency", help="plain vs synergy prediction time, and one retraining round")
+    lat.add_argument("--shape", type=int, nargs=3, default=[256, 256, 128])
+    lat.add_argument("--data", default=default_data)
+    lat.add_argument("--repeats", type=int, default=3)
+    lat.add_argument("--round-iterations", type=int, default=None)
+    lat.add_argument("--out", required=True)
+    lat.set_defaults(func=cmd_bench_latency)
+
+    try:
+        from .service.cli_commands import add_parsers
+    except ImportError as exc:  # the service extra is not installed
+        if "SynergyPLLib.service" not in str(exc) and "fastapi" not in str(exc) and "sqlalchemy" not in str(exc):
+            raise
+    else:
+        add_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine.io import VolumeError
+
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeError, ValueError, FileNotFoundError) as exc:
+        print(f"synergypl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synergypl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
