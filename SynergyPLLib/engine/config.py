@@ -56,6 +56,7 @@ class TrainConfig:
     batch_labeled: int = 2
     batch_unlabeled: int = 2
     patch_size: tuple[int, int, int] = (32, 48, 32)
+    optimizer: str = "sgd"  # "sgd" (paper) | "adamw"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -150,6 +151,10 @@ def profile_config(profile: str, classes: list[str] | None = None) -> EngineConf
     """The ``cpu`` profile trains one model in a few minutes on 2 cores; ``gpu`` is the full schedule."""
     cfg = EngineConfig(classes=list(classes) if classes else ["background", "foreground"])
     if profile == "cpu":
+        # AdamW: on the hippocampus validation split it reaches in 200 iterations what the paper's
+        # SGD (lr 0.01) needs about 1000 for; the CPU budget is a few hundred iterations.
+        cfg.train.optimizer = "adamw"
+        cfg.train.lr = 2e-3
         cfg.train.iterations = 600
         cfg.train.val_every = 50
     elif profile == "gpu":

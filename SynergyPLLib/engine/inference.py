@@ -1,11 +1,14 @@
 """Prediction with the synergy confidence heatmap, the region map and the flagged regions.
 
-The heatmap compares the plain prediction ``p`` with K *mixed views* ``p_k`` (the case blended with a
-labeled reference patch, as in training: ``lambda * x + (1 - lambda) * ref``). Per voxel, with
-``y = argmax p`` and calibrated probabilities::
+The heatmap combines the two halves of the synergy evaluation: *confident* (the calibrated plain
+prediction ``p``) and *consistent* (K *mixed views* ``p_k``: the case blended with a labeled reference
+patch as in training, ``lambda * x + (1 - lambda) * ref``). Per voxel, with ``y = argmax p``::
 
-    agreement_k = min(p[y], p_k[y])                       # high only if both views back y confidently
-    heatmap     = (mean_k agreement_k - 1/C) / (1 - 1/C)  # 1 = certain, 0 = no better than chance
+    confidence  = 1 - H(p) / log C          # calibrated plain confidence
+    consistency = mean_k p_k[y]             # how much the mixed views still back y
+    heatmap     = confidence * sqrt(consistency)   # 1 = certain, 0 = not
+
+``lambda`` is chosen per model on the validation split (:func:`choose_mix_lambda`), never on test cases.
 
 The region map uses the training rule (consistent across views? confident in all?). Flagged regions
 are 26-connected components of ``heatmap < threshold``, ranked by ``sum(1 - heatmap)``: the expected
@@ -14,6 +17,7 @@ number of wrong voxels fixing the region would correct.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,9 +73,34 @@ def synergy_heatmap(probs: torch.Tensor, view_probs: list[torch.Tensor]) -> torc
     """Heatmap (I, J, K) in [0, 1] from plain probs (C, ...) and mixed-view probs [(C, ...)]."""
     c = probs.shape[0]
     y = probs.argmax(0, keepdim=True)
-    p_y = probs.gather(0, y)
-    agree = torch.stack([torch.minimum(p_y, v.gather(0, y)) for v in view_probs]).mean(0)[0]
-    return ((agree - 1.0 / c) / (1.0 - 1.0 / c)).clamp(0, 1)
+    confidence = 1 - torch.special.entr(probs.clamp(0, 1)).sum(0) / math.log(c)
+    consistency = torch.stack([v.gather(0, y)[0] for v in view_probs]).mean(0)
+    return (confidence * consistency.sqrt()).clamp(0, 1)
+
+
+def choose_mix_lambda(predictor: Predictor, cases, candidates=(0.75, 0.85, 0.95)) -> tuple[float, dict]:
+    """The mixing weight whose heatmap best finds the wrong voxels (AUROC) on labeled validation cases.
+
+    ``cases``: preprocessed cases with ``image`` (1, I, J, K) and ``label`` (I, J, K) on the network grid.
+    Returns (best lambda, {lambda: auroc}).
+    """
+    from .uncertainty import ErrorDetectionAccumulator
+
+    accs = {lam: ErrorDetectionAccumulator() for lam in candidates}
+    saved = predictor.config.inference.mix_lambda
+    try:
+        for case in cases:
+            x = torch.from_numpy(case.image)
+            probs = predictor.probabilities(x)
+            wrong = probs.argmax(0).numpy() != case.label
+            for lam in candidates:
+                predictor.config.inference.mix_lambda = lam
+                accs[lam].add(synergy_heatmap(probs, predictor.mixed_views(x)).numpy(), wrong)
+    finally:
+        predictor.config.inference.mix_lambda = saved
+    scores = {lam: accs[lam].scores()["auroc"] for lam in candidates}
+    valid = {k: v for k, v in scores.items() if v == v}  # NaN when a model makes no error
+    return (max(valid, key=valid.get) if valid else saved), scores
 
 
 def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str, bar: float) -> torch.Tensor:

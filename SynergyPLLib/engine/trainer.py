@@ -28,6 +28,7 @@ from monai.utils import set_determinism
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
+from .inference import Predictor, choose_mix_lambda
 from .model import (
     CHECKPOINT_FORMAT,
     FeatureHook,
@@ -35,6 +36,7 @@ from .model import (
     build_network,
     default_device,
     load_checkpoint,
+    network_from_checkpoint,
 )
 from .sliding_window import WindowPredictor
 from .soft_labels import ClassPrototypes, class_frequencies, rare_class_scale
@@ -90,6 +92,15 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
                 t.copy_(s)
 
 
+def build_optimizer(net: torch.nn.Module, tc) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's choice, for long GPU schedules) or AdamW (short CPU schedules)."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    raise ValueError(f"unknown optimizer {tc.optimizer!r}; choose sgd or adamw")
+
+
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
     """Dice of each foreground class (1 when both are empty)."""
     out = []
@@ -133,11 +144,10 @@ class Trainer:
         if init_checkpoint is not None:  # fine-tuning round: start from the last model
             ckpt = load_checkpoint(init_checkpoint)
             self.student.load_state_dict(ckpt["state_dict"])
-        self.teacher = copy.deepcopy(self.student)
+        self.teacher = copy.deepcopy(self.student).eval()  # pseudo labels without dropout noise
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=tc.lr, momentum=tc.momentum,
-                                         weight_decay=tc.weight_decay)
+        self.optimizer = build_optimizer(self.student, tc)
         self.features = FeatureHook(self.student)
 
         self.labeled = PatchSampler(labeled, tc.patch_size, self.rng)
@@ -372,6 +382,12 @@ class Trainer:
         ckpt["metrics"].update({"val_dice": self.best_dice, "best_iteration": self.best_iteration,
                                 "ece_before": before, "ece_after": after if applied != 1.0 else before,
                                 "fitted_temperature": t})
+        # The heatmap's mixing weight, chosen like the temperature: on the validation split.
+        net, cfg = network_from_checkpoint(ckpt)
+        lam, aurocs = choose_mix_lambda(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
+                                        self.validation)
+        ckpt["config"]["inference"]["mix_lambda"] = lam
+        ckpt["metrics"]["heatmap_val_auroc"] = {str(k): v for k, v in aurocs.items()}
         atomic_torch_save(ckpt, self.out_dir / "model.pt")
         self.teacher.load_state_dict(live)
         seconds = time.perf_counter() - start
