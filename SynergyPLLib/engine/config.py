@@ -69,6 +69,9 @@ class TrainConfig:
     entropy_threshold: float = 0.983  # two classes: base-10 entropy 0.296 normalized by log10(2)
     label_smoothing: float = 0.2  # inconsistent-but-confident region
     soft_dice_smooth: float = 20.0  # inconsistent-but-confident region
+    soft_dice_weight: float = 1.0  # weight of the softened Dice (inconsistent-but-confident region)
+    soft_dice_batch: bool = False  # softened Dice pooled over the batch instead of per sample
+    region_normalization: str = "all"  # cross-entropies averaged over all voxels | "region": per region
     unlabeled_weight: float = 1.0
     rampup_fraction: float = 0.4  # Gaussian ramp-up reaches full weight at this share of iterations
     consistency_weight: float = 1.0  # mean_teacher baseline (MSE between softmaxes)
@@ -157,6 +160,9 @@ def profile_config(profile: str, classes: list[str] | None = None) -> EngineConf
         cfg.train.lr = 2e-3
         cfg.train.iterations = 600
         cfg.train.val_every = 50
+        # The softened Dice on the (small, scattered) inconsistent-but-confident region dominated the
+        # gradient in short runs: validation Dice at 300 iterations 0.709 at weight 1 vs 0.769 at 0.1.
+        cfg.train.soft_dice_weight = 0.1
     elif profile == "gpu":
         cfg.model.channels = (32, 64, 128, 256)
         cfg.train.iterations = 6000

@@ -166,7 +166,8 @@ class Trainer:
         self.calibrate_during = is_pl and soft.calibration
         self.bar = confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold)
         self.dice_loss = DiceLoss(include_background=False, softmax=True, smooth_nr=1.0, smooth_dr=1.0)
-        self.regional = RegionalLoss(self.C, tc.label_smoothing, tc.soft_dice_smooth)
+        self.regional = RegionalLoss(self.C, tc.label_smoothing, tc.soft_dice_smooth, tc.region_normalization,
+                                     tc.soft_dice_weight, tc.soft_dice_batch)
 
         self.iteration = 0
         self.ema_updates = 0

@@ -92,3 +92,24 @@ def test_truncated_uncompressed_files_are_refused(tmp_path, name):
     (tmp_path / name).write_bytes(data[: len(data) - 200])
     with pytest.raises(VolumeError, match=name):
         read_volume(tmp_path / name)
+
+
+def test_preprocessing_resamples_and_inverts_onto_the_original_grid():
+    import torch
+
+    from SynergyPLLib.engine.config import PreprocessConfig
+    from SynergyPLLib.engine.data import Preprocessor
+
+    vol = _oblique()
+    pre = Preprocessor(PreprocessConfig(orientation="RAS", spacing=(1.0, 1.0, 1.0), intensity="zscore"))
+    x = pre.image(vol)
+    assert x.shape[0] == 1 and x.shape[1:] != vol.shape  # resampled to 1 mm
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
+    # a smooth field survives the round trip onto the original grid
+    field = torch.linspace(0, 1, x.shape[1])[:, None, None].expand(*x.shape[1:])[None].float()
+    back = pre.invert(field, x)
+    assert tuple(back.shape[1:]) == vol.shape
+    label = pre.label(vol.with_array((vol.array > 0).astype(np.uint8)))
+    assert label.shape[1:] == x.shape[1:]
+    identity = Preprocessor(PreprocessConfig())
+    assert identity.is_identity_grid and tuple(identity.image(vol).shape[1:]) == vol.shape

@@ -201,3 +201,15 @@ def test_heatmap_is_one_when_views_agree_confidently_and_low_when_they_do_not():
     even = torch.full((2, 2, 1, 1), 0.5)
     assert torch.all(synergy_heatmap(even, [even]) < 1e-6)  # a coin flip is never certain
     assert torch.all(agree <= 1) and torch.all(flip >= 0)
+
+
+def test_region_cross_entropy_normalisation():
+    """'all' weighs every voxel the same; 'region' averages inside each region."""
+    values = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
+    mask = torch.zeros_like(values, dtype=torch.bool)
+    mask[0, 0, 0, 0, :] = True  # values 0 and 1
+    assert masked_mean(values, mask, "region") == pytest.approx(0.5)
+    assert masked_mean(values, mask, "all") == pytest.approx(1.0 / 8)
+    assert masked_mean(values, torch.zeros_like(mask), "region") == 0
+    with pytest.raises(ValueError):
+        RegionalLoss(2, normalize="sometimes")
