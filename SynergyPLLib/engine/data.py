@@ -93,18 +93,8 @@ class Preprocessor:
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
-        spatial = []
-        if cfg.orientation:
-            spatial.append(Orientation(axcodes=cfg.orientation))
-        if cfg.spacing:
-            spatial.append(Spacing(pixdim=cfg.spacing, mode="bilinear"))
-        self._spatial_image = Compose(spatial) if spatial else None
-        label_spatial = []
-        if cfg.orientation:
-            label_spatial.append(Orientation(axcodes=cfg.orientation))
-        if cfg.spacing:
-            label_spatial.append(Spacing(pixdim=cfg.spacing, mode="nearest"))
-        self._spatial_label = Compose(label_spatial) if label_spatial else None
+        self._spatial_image = self._spatial(cfg, "bilinear")
+        self._spatial_label = self._spatial(cfg, "nearest")
         if cfg.intensity == "zscore":
             self._intensity = NormalizeIntensity(nonzero=False, channel_wise=True)
         elif cfg.intensity == "percentile":
@@ -114,6 +104,15 @@ class Preprocessor:
             self._intensity = None
         else:
             raise ValueError(f"unknown intensity normalisation {cfg.intensity!r}")
+
+    @staticmethod
+    def _spatial(cfg: PreprocessConfig, mode: str) -> Compose | None:
+        steps = []
+        if cfg.orientation:
+            steps.append(Orientation(axcodes=cfg.orientation))
+        if cfg.spacing:
+            steps.append(Spacing(pixdim=cfg.spacing, mode=mode))
+        return Compose(steps) if steps else None
 
     @property
     def is_identity_grid(self) -> bool:
