@@ -100,25 +100,30 @@ def _check_gzip_complete(path: Path) -> None:
         raise VolumeError(f"{path}: file is truncated or corrupt ({exc})") from None
 
 
-def _check_nifti_size(path: Path) -> None:
-    """ITK also zero-fills a truncated uncompressed NIfTI; compare the file size with its header."""
+def _check_nifti(path: Path) -> None:
+    """What ITK's NIfTI reader lets through quietly: a truncated uncompressed file (zero-filled) and
+    NaN/inf voxels (read as 0). nibabel reads the stored header and values."""
     import nibabel as nib
 
     try:
-        header = nib.load(str(path)).header
+        img = nib.load(str(path))
     except Exception as exc:
         raise VolumeError(f"{path}: cannot be read as NIfTI ({exc})") from None
-    offset = int(header["vox_offset"]) or header.sizeof_hdr + 4  # single-file NIfTI: data after the header
-    need = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-    if path.stat().st_size < need:
-        raise VolumeError(f"{path}: file is truncated ({path.stat().st_size} bytes, header needs {need})")
+    header = img.header
+    if path.name.lower().endswith(".nii"):
+        offset = int(header["vox_offset"]) or header.sizeof_hdr + 4  # single file: data after the header
+        need = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if path.stat().st_size < need:
+            raise VolumeError(f"{path}: file is truncated ({path.stat().st_size} bytes, header needs {need})")
+    if header.get_data_dtype().kind == "f" and not np.isfinite(np.asarray(img.dataobj)).all():
+        raise VolumeError(f"{path}: image contains NaN or infinite values")
 
 
 def _read_sitk(path: Path) -> sitk.Image:
     if path.name.lower().endswith(".gz"):
         _check_gzip_complete(path)
-    if path.name.lower().endswith(".nii"):
-        _check_nifti_size(path)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
         series = reader.GetGDCMSeriesIDs(str(path))

@@ -113,3 +113,13 @@ def test_preprocessing_resamples_and_inverts_onto_the_original_grid():
     assert label.shape[1:] == x.shape[1:]
     identity = Preprocessor(PreprocessConfig())
     assert identity.is_identity_grid and tuple(identity.image(vol).shape[1:]) == vol.shape
+
+
+def test_nan_in_nifti_is_refused(tmp_path):
+    import nibabel as nib
+
+    arr = np.random.rand(6, 6, 6).astype(np.float32)
+    arr[1, 2, 3] = np.nan
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(VolumeError, match="NaN"):
+        read_volume(tmp_path / "nan.nii.gz")

@@ -1,0 +1,25 @@
+"""HTTP client of the SynergyPL service: standard library (+ numpy nowhere required), no torch, no
+FastAPI, so the Slicer module can use it in Slicer's own Python (3.11 / 3.12).
+
+    from SynergyPLLib.client import SynergyPLClient, ConflictError
+    c = SynergyPLClient("http://127.0.0.1:8765", token=None)
+    c.info(); job = c.predict("case_001"); c.wait_job(job["id"]); c.download_prediction("case_001", "heatmap", "h.nrrd")
+"""
+
+from .api import DEFAULT_URL, FINAL, SynergyPLClient
+from .errors import (
+    AuthError,
+    BadRequestError,
+    ConflictError,
+    ConnectionError,
+    JobFailedError,
+    NotFoundError,
+    ServerError,
+    SynergyPLError,
+    TimeoutError,
+    TooLargeError,
+)
+
+__all__ = ["DEFAULT_URL", "FINAL", "SynergyPLClient", "AuthError", "BadRequestError", "ConflictError",
+           "ConnectionError", "JobFailedError", "NotFoundError", "ServerError", "SynergyPLError", "TimeoutError",
+           "TooLargeError"]

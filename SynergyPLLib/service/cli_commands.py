@@ -1,0 +1,100 @@
+"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``demo``.
+
+``add_parsers(subparsers)`` is called by :mod:`SynergyPLLib.cli`; each parser sets ``func`` to a
+function taking the parsed arguments and returning an exit code. Heavy imports happen inside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .settings import DEFAULT_PORT
+
+
+def cmd_init(args) -> int:
+    from .project_init import init_project
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    ws = init_project(Path(args.project), Path(args.source) if args.source else None, labeled=args.labeled,
+                      limit=args.cases, name=args.name, classes=classes, profile=args.profile,
+                      max_upload_mb=args.max_upload_mb, database_url=args.database_url)
+    from .cases import list_cases
+
+    cases = list_cases(ws)
+    n_lab = sum(1 for c in cases if c["status"] == "confirmed")
+    print(f"created project {ws.config.name!r} at {ws.root}: {len(cases)} cases, {n_lab} labeled; "
+          f"classes {[c.name for c in ws.config.classes]}; edit {ws.root / 'project.yaml'} to change names, "
+          f"colours, terminology or engine options")
+    ws.close()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+    from .settings import ServiceSettings, SettingsError
+
+    token = args.token or ServiceSettings.token_from_env()
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    settings = ServiceSettings(project=Path(args.project).resolve(), host=args.host, port=args.port, token=token,
+                               token_everywhere=args.token_everywhere, max_upload_mb=args.max_upload_mb,
+                               log_level=args.log_level)
+    try:
+        return serve(settings)
+    except SettingsError as exc:
+        print(f"synergypl serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoOptions, run_demo
+
+    opts = DemoOptions(data=Path(args.data) if args.data else None, out=Path(args.out) if args.out else None,
+                       iterations=args.iterations, round_iterations=args.round_iterations, labeled=args.labeled, pool=args.pool, review=args.review,
+                       evaluate=args.evaluate, target_dice=args.target_dice, port=args.port, seed=args.seed,
+                       keep=Path(args.keep) if args.keep else None, threads=args.threads)
+    return run_demo(opts)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("init", help="create a project from a Decathlon folder or a folder of images")
+    i.add_argument("--project", required=True, help="new project folder")
+    i.add_argument("--from", dest="source", help="Decathlon folder (dataset.json, imagesTr/, labelsTr/) or image folder")
+    i.add_argument("--labeled", type=int, default=None, help="import labels of only the first N cases (rest unlabeled)")
+    i.add_argument("--cases", type=int, default=None, help="import only the first N cases")
+    i.add_argument("--name", help="project name (default: the data set's name)")
+    i.add_argument("--classes", help="comma-separated class names (needed for a folder of images)")
+    i.add_argument("--profile", default="cpu", choices=["cpu", "gpu"], help="engine profile written to project.yaml")
+    i.add_argument("--max-upload-mb", type=float, default=512.0)
+    i.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite file in the project)")
+    i.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("serve", help="serve a project over HTTP (REST API at /api, docs at /docs)")
+    s.add_argument("--project", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs a token")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s.add_argument("--token", default=None, help="shared secret (or SYNERGYPL_TOKEN / --token-file)")
+    s.add_argument("--token-file", default=None)
+    s.add_argument("--token-everywhere", action="store_true", help="require the token from loopback clients too")
+    s.add_argument("--max-upload-mb", type=float, default=None, help="default: project.yaml service.max_upload_mb")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="headless demo of the full labeling loop through the API")
+    d.add_argument("--data", default=None, help="Decathlon folder (default: ../shared/data/hippocampus)")
+    d.add_argument("--out", default=None, help="write report.md and PNGs here (e.g. docs/demo)")
+    d.add_argument("--iterations", type=int, default=200, help="iterations of the first round (from scratch)")
+    d.add_argument("--round-iterations", type=int, default=100,
+                   help="iterations of the second round (fine-tuning the first model)")
+    d.add_argument("--labeled", type=int, default=4, help="labeled cases for the first round")
+    d.add_argument("--pool", type=int, default=12, help="unlabeled cases in the project")
+    d.add_argument("--review", type=int, default=4, help="cases the simulated annotator corrects")
+    d.add_argument("--evaluate", type=int, default=6, help="held-out cases for Dice before/after")
+    d.add_argument("--target-dice", type=float, default=0.90)
+    d.add_argument("--port", type=int, default=0, help="0: a free port")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: default)")
+    d.add_argument("--keep", default=None, help="keep the demo project in this folder")
+    d.set_defaults(func=cmd_demo)

@@ -1,0 +1,50 @@
+"""GET /api/info, GET /api/health, model versions (list, activate = rollback)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter, Depends
+
+from . import SERVICE_VERSION
+from .app import AppState, state
+from .cases import list_cases
+from .registry import activate, active_version, list_models
+from .schemas import InfoOut, ModelOut, errors
+
+router = APIRouter(tags=["project"])
+
+
+@router.get("/health", summary="Liveness check")
+def health() -> dict:
+    return {"status": "ok", "server_version": SERVICE_VERSION}
+
+
+@router.get("/info", response_model=InfoOut, summary="Project, classes, models, jobs, device")
+def info(st: AppState = Depends(state)) -> dict:
+    cfg = st.ws.config
+    counts = Counter(c["status"] for c in list_cases(st.ws))
+    return {
+        "name": cfg.name, "description": cfg.description, "server_version": SERVICE_VERSION,
+        "background": {"value": 0, "name": cfg.background},
+        "classes": [c.model_dump(exclude_none=True) for c in cfg.classes],
+        "models": list_models(st.ws), "active_model": active_version(st.ws),
+        "jobs": st.jobs.current(), "device": st.device(),
+        "cases": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in
+                                                    ("unlabeled", "predicted", "in_review", "confirmed")}},
+        "max_upload_mb": st.max_upload_bytes / 2**20,
+        "auth": {"token_required": bool(st.settings.token) and (st.settings.token_everywhere
+                                                                or st.settings.host not in ("127.0.0.1", "::1")),
+                 "token_configured": bool(st.settings.token)},
+    }
+
+
+@router.get("/models", response_model=list[ModelOut], summary="Model versions with validation metrics")
+def models(st: AppState = Depends(state)) -> list[dict]:
+    return list_models(st.ws)
+
+
+@router.post("/models/{version}/activate", response_model=ModelOut, responses=errors(404),
+             summary="Use this model version for predictions (rollback)")
+def activate_model(version: int, st: AppState = Depends(state)) -> dict:
+    return activate(st.ws, version)

@@ -1,0 +1,103 @@
+"""Training rounds and jobs: start a round, history, job state (polling, long-poll, server-sent
+events), cancel, resume an interrupted round."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from .app import AppState, state
+from .db import FINAL_STATES, Job
+from .schemas import JobOut, RoundOut, TrainIn, errors
+
+router = APIRouter(tags=["training and jobs"])
+HEARTBEAT_SECONDS = 10.0
+
+
+@router.post("/train", status_code=202, response_model=JobOut, responses=errors(400, 409, 422),
+             summary="Start a training round (409 while one is queued or running)")
+def start_training(body: TrainIn | None = Body(None), st: AppState = Depends(state)) -> dict:
+    body = body or TrainIn()
+    return st.jobs.submit_train(body.iterations, body.labels, body.method)
+
+
+@router.get("/train/history", response_model=list[RoundOut], summary="Training rounds, oldest first, with metrics")
+def history(st: AppState = Depends(state)) -> list[dict]:
+    with st.ws.db.Session() as s:
+        rows = list(s.scalars(select(Job).where(Job.kind == "train").order_by(Job.id)))
+    out = []
+    for j in rows:
+        res = j.result or {}
+        out.append({"job_id": j.id, "status": j.status, "model_version": j.model_version,
+                    "created_at": j.created_at.isoformat(),
+                    "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+                    "params": {k: v for k, v in (j.params or {}).items() if k != "data"},
+                    "metrics": res.get("metrics", {}), "history": res.get("history", []), "error": j.error})
+    return out
+
+
+@router.get("/jobs", response_model=list[JobOut], summary="Recent jobs, newest first")
+def jobs(kind: str | None = None, status: str | None = None, limit: int = 100,
+         st: AppState = Depends(state)) -> list[dict]:
+    return st.jobs.list(kind, status, max(1, min(limit, 1000)))
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404),
+            summary="Job state; with wait=S, waits up to S seconds for a change (long-poll)")
+def job(job_id: int, wait: float = 0.0, since: str | None = None, st: AppState = Depends(state)) -> dict:
+    if wait > 0:
+        return st.jobs.wait(job_id, since, min(wait, 60.0))
+    return st.jobs.get(job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409),
+             summary="Cancel a queued job, or ask a running one to stop")
+def cancel(job_id: int, st: AppState = Depends(state)) -> dict:
+    return st.jobs.cancel(job_id)
+
+
+@router.post("/jobs/{job_id}/resume", status_code=202, response_model=JobOut, responses=errors(404, 409),
+             summary="Continue an interrupted training round from its last checkpoint")
+def resume(job_id: int, st: AppState = Depends(state)) -> dict:
+    return st.jobs.resume(job_id)
+
+
+def _sse(event: str, data: dict, eid: int) -> str:
+    return f"id: {eid}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **errors(404)},
+            summary="Server-sent events: 'progress' (iteration, losses, val_dice, eta_seconds), 'status', 'end'")
+async def events(job_id: int, request: Request, st: AppState = Depends(state)):
+    first = await anyio.to_thread.run_sync(st.jobs.get, job_id)  # 404 before the stream starts
+
+    async def stream():
+        info, eid, last_status, last_progress = first, 0, None, None
+        while True:
+            if info["status"] != last_status:
+                eid += 1
+                last_status = info["status"]
+                yield _sse("status", {"id": job_id, "status": info["status"], "error": info["error"],
+                                      "model_version": info["model_version"]}, eid)
+            if info["progress"] != last_progress:
+                eid += 1
+                last_progress = info["progress"]
+                yield _sse("progress", {"id": job_id, **info["progress"]}, eid)
+            if info["status"] in FINAL_STATES:
+                eid += 1
+                yield _sse("end", {"id": job_id, "status": info["status"], "result": info["result"],
+                                   "error": info["error"]}, eid)
+                return
+            if await request.is_disconnected():
+                return
+            before = info["updated_at"]
+            info = await anyio.to_thread.run_sync(st.jobs.wait, job_id, before, HEARTBEAT_SECONDS)
+            if info["updated_at"] == before and info["status"] not in FINAL_STATES:
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

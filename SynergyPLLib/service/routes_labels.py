@@ -1,0 +1,56 @@
+"""Label versions of a case: submit (write-once, optimistic concurrency via parent_version), list,
+download."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import FileResponse
+
+from .app import AppState, state
+from .errors import BadRequest
+from .labels import add_label_version, list_versions, version_row
+from .schemas import LabelVersionOut, errors
+from .uploads import kind_of, saved_upload
+
+router = APIRouter(tags=["labels"])
+
+
+@router.post("/cases/{case_id}/labels", status_code=201, response_model=LabelVersionOut,
+             responses=errors(400, 404, 409, 413, 422),
+             summary="Submit a new label version (409 if parent_version is not the latest)")
+def submit_label(case_id: str,
+                 file: UploadFile = File(..., description="label map (.nrrd, .nii(.gz), .mha) on the image's grid"),
+                 author: str = Form(..., description="who made it"),
+                 source: str = Form("human", description="human | model"),
+                 parent_version: int = Form(..., description="the version this edit started from; 0 for none"),
+                 status: str | None = Form(None, description="confirmed | in_review (default: confirmed for "
+                                                             "human, in_review for model)"),
+                 model_version: int | None = Form(None, description="for source=model: the model version"),
+                 st: AppState = Depends(state)) -> dict:
+    if kind_of(file.filename or "") == "dicom-zip":
+        raise BadRequest("labels are uploaded as a label map file (.nrrd, .nii, .nii.gz, .mha), not a ZIP")
+    with saved_upload(file, st.ws.tmp, st.max_upload_bytes) as path:
+        return add_label_version(st.ws, case_id, path, filename=file.filename or "label", author=author,
+                                 source=source, parent_version=parent_version, status=status,
+                                 model_version=model_version)
+
+
+@router.get("/cases/{case_id}/labels", response_model=list[LabelVersionOut], responses=errors(400, 404),
+            summary="Label versions of a case, oldest first")
+def versions(case_id: str, st: AppState = Depends(state)) -> list[dict]:
+    return list_versions(st.ws, case_id)
+
+
+@router.get("/cases/{case_id}/labels/{version}", response_class=FileResponse, responses=errors(400, 404),
+            summary="A label version as NRRD ('latest' for the newest)")
+def label_file(case_id: str, version: str, st: AppState = Depends(state)):
+    if version == "latest":
+        v = None
+    elif version.isdigit():
+        v = int(version)
+    else:
+        raise BadRequest(f"label version must be a number or 'latest', not {version!r}")
+    lv = version_row(st.ws, case_id, v)
+    return FileResponse(st.ws.abs(lv.path), media_type="application/octet-stream",
+                        filename=f"{case_id}-label-v{lv.version}.nrrd",
+                        headers={"X-SynergyPL-Label-Version": str(lv.version)})

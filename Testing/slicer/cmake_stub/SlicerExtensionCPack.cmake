@@ -1,0 +1,1 @@
+file(APPEND ${CMAKE_BINARY_DIR}/manifest.txt "cpack|included||\n")

@@ -1,0 +1,130 @@
+"""The panel's .ui file against the code that uses it (no Qt needed): it parses, every ``self.ui.X``
+the widget uses exists, and every ``SlicerParameterName`` names a parameter-node field that the
+widget type can show."""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+MODULE_DIR = Path(__file__).resolve().parents[2] / "SynergyPL"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SynergyPL.ui"
+MODULE_FILE = MODULE_DIR / "SynergyPL.py"
+
+# Which widget classes Slicer's parameterNodeWrapper can connect to which field types.
+CONNECTABLE = {
+    "QLineEdit": {"str"}, "QCheckBox": {"bool"}, "QSpinBox": {"int"}, "ctkSliderWidget": {"float"},
+    "QDoubleSpinBox": {"float"}, "QComboBox": {"str"}, "ctkPathLineEdit": {"Path"},
+    "qMRMLNodeComboBox": {"vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"},
+}
+
+
+@pytest.fixture(scope="module")
+def ui_tree():
+    return ET.parse(UI_FILE)
+
+
+@pytest.fixture(scope="module")
+def widgets(ui_tree) -> dict[str, str]:
+    return {w.get("name"): w.get("class") for w in ui_tree.iter("widget")}
+
+
+@pytest.fixture(scope="module")
+def module_ast():
+    return ast.parse(MODULE_FILE.read_text(), filename=str(MODULE_FILE))
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, str]:
+    """Annotated fields of the class decorated with @parameterNodeWrapper: {name: base type name}."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
+                                                  for d in node.decorator_list):
+            fields = {}
+            for statement in node.body:
+                if isinstance(statement, ast.AnnAssign):
+                    annotation = statement.annotation
+                    if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", "") == "Annotated":
+                        annotation = annotation.slice.elts[0]
+                    fields[statement.target.id] = ast.unparse(annotation).split(".")[-1]
+            return fields
+    raise AssertionError("no @parameterNodeWrapper class in SynergyPL.py")
+
+
+def test_ui_parses_and_names_are_unique(ui_tree):
+    root = ui_tree.getroot()
+    assert root.tag == "ui" and root.find("class").text == "SynergyPL"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == "SynergyPL"
+    names = [w.get("name") for w in root.iter("widget")]
+    assert len(names) == len(set(names)), "duplicate widget names"
+    layouts = [layout.get("name") for layout in root.iter("layout")]
+    assert len(layouts) == len(set(layouts)), "duplicate layout names"
+
+
+def test_every_custom_widget_class_is_declared(ui_tree, widgets):
+    declared = {c.find("class").text for c in ui_tree.getroot().iter("customwidget")}
+    used = {cls for cls in widgets.values() if not cls.startswith("Q")}
+    assert used <= declared, f"declare {used - declared} in <customwidgets>"
+
+
+def test_every_ui_name_used_in_code_exists(widgets, module_ast):
+    def is_ui(node) -> bool:  # self.ui, or a local alias `ui = self.ui`
+        return (isinstance(node, ast.Attribute) and node.attr == "ui" and isinstance(node.value, ast.Name)
+                and node.value.id == "self") or (isinstance(node, ast.Name) and node.id == "ui")
+
+    used = {node.attr for node in ast.walk(module_ast) if isinstance(node, ast.Attribute) and is_ui(node.value)}
+    # widget names given as strings (BUTTONS_BY_ACTION) and looked up with getattr(ui, name)
+    table = next(node for node in ast.walk(module_ast)
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "BUTTONS_BY_ACTION")
+    used |= {c.value for c in ast.walk(table.value) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+             and c.value[0].islower() and c.value.endswith("Button")}
+    assert len(used) > 25  # sanity: the walk found the widget code
+    missing = sorted(used - set(widgets))
+    assert not missing, f"used in SynergyPL.py but not in SynergyPL.ui: {missing}"
+
+
+def test_parameter_names_match_parameter_node_fields(ui_tree, module_ast):
+    fields = _parameter_fields(module_ast)
+    bound = {}
+    for widget in ui_tree.getroot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = widget.get("class")
+    assert bound, "no widget is bound to the parameter node"
+    for name, cls in bound.items():
+        assert name in fields, f"{name} (a {cls}) is not a field of the parameter node"
+        assert fields[name] in CONNECTABLE[cls], f"{cls} cannot show a {fields[name]} ({name})"
+    # the fields the widget reads are there
+    assert {"inputVolume", "segmentation", "heatmap", "confidenceThreshold", "heatmapOpacity"} <= set(fields)
+
+
+def test_node_selectors_follow_the_scene(ui_tree, widgets):
+    connections = {(c.find("receiver").text, c.find("slot").text) for c in ui_tree.getroot().iter("connection")}
+    for name, cls in widgets.items():
+        if cls == "qMRMLNodeComboBox":
+            assert (name, "setMRMLScene(vtkMRMLScene*)") in connections, f"{name} is not given the scene"
+
+
+def test_module_file_is_valid_python_for_slicer(module_ast):
+    source = MODULE_FILE.read_text()
+    compile(source, str(MODULE_FILE), "exec")
+    classes = {node.name for node in module_ast.body if isinstance(node, ast.ClassDef)}
+    assert {"SynergyPL", "SynergyPLWidget", "SynergyPLLogic", "SynergyPLTest", "SynergyPLParameterNode"} <= classes
+    assert re.search(r"def _make_client_importable", source)
+
+
+def test_button_slots_take_no_arguments(module_ast):
+    """PythonQt passes clicked()'s `checked` flag to a slot that accepts an argument: slots connected to
+    `clicked` must take none (else e.g. onSubmit(parentVersion=False) would submit against version 0)."""
+    methods = {node.name: node for node in ast.walk(module_ast) if isinstance(node, ast.FunctionDef)}
+    for node in ast.walk(module_ast):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "clicked"):
+            slot = node.args[0]
+            if isinstance(slot, ast.Attribute) and isinstance(slot.value, ast.Name) and slot.value.id == "self":
+                arguments = methods[slot.attr].args
+                assert len(arguments.args) == 1 and not arguments.defaults, f"{slot.attr} takes arguments"
