@@ -138,6 +138,10 @@ def evaluate(model_path: Path, cases: list[CaseSpec], classes: list[str], uncert
         "ece_classwise": dict(zip(classes, map(float, classwise_ece(probs, labels)), strict=True)),
         "temperature": predictor.temperature,
     }
+    if predictor.temperature != 1.0:  # the same model before calibration: softmax(T * log p_T) = softmax(z)
+        raw = torch.softmax(predictor.temperature * torch.log(torch.from_numpy(probs).clamp_min(1e-12)), 1).numpy()
+        out["ece_before_calibration"] = float(expected_calibration_error(raw, labels))
+        out["ece_classwise_before_calibration"] = dict(zip(classes, map(float, classwise_ece(raw, labels)), strict=True))
     if uncertainty:
         out["signals"] = {s: {**acc[s].scores(), "seconds_per_case": seconds[s] / len(cases)} for s in SIGNALS}
     return out
@@ -280,6 +284,16 @@ def write_report(results: dict, unc: dict, out: Path) -> None:
         for name, s in unc["signals"].items():
             lines.append(f"| {name} | {s['auroc']:.4f} ± {s['auroc_std']:.4f} | {s['auprc']:.4f} | "
                          f"{s['error_recall_at_5pct']:.4f} | {s['seconds_per_case']:.3f} |")
+    calibrated = [r for r in results["runs"] if "ece_before_calibration" in r]
+    if calibrated:
+        lines += ["", "## Calibration (test voxels; temperature fitted on the validation split)", "",
+                  "| method | seed | T | ECE before | ECE after | " + " | ".join(f"class-wise ECE {c} before / after" for c in ["background", *classes]) + " |",
+                  "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in range(len(classes) + 1)) + " |"]
+        for r in calibrated:
+            per = [f"{r['ece_classwise_before_calibration'][c]:.4f} / {r['ece_classwise'][c]:.4f}"
+                   for c in r["ece_classwise"]]
+            lines.append(f"| {r['method']} | {r['seed']} | {r['temperature']:.3f} | {r['ece_before_calibration']:.4f} | "
+                         f"{r['ece']:.4f} | " + " | ".join(per) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)

@@ -59,9 +59,10 @@ def mix_images(unlabeled: torch.Tensor, labeled: torch.Tensor, lam: torch.Tensor
 
 def confidence_score(probs: torch.Tensor, mode: str = "margin") -> torch.Tensor:
     """Per-voxel confidence in [0, 1] from probabilities (B, C, ...); returns (B, 1, ...)."""
-    if mode == "margin":
-        top2 = probs.topk(2, dim=1).values
-        return (top2[:, :1] - top2[:, 1:2]).clamp(0, 1)
+    if mode == "margin":  # max + masked max: much faster than topk over the channel axis on CPU
+        top1, idx = probs.max(1, keepdim=True)
+        second = probs.scatter(1, idx, -1.0).amax(1, keepdim=True)
+        return (top1 - second).clamp(0, 1)
     if mode == "entropy":
         c = probs.shape[1]
         ent = -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True) / math.log(c)
