@@ -74,7 +74,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
-def atomic_write_with(path: Path, writer: Callable[[Path], object]) -> Path:
+def atomic_write_with(path: Path, writer: Callable[[Path], object], tmp: Path | None = None) -> Path:
     """Let ``writer(tmp_path)`` create a temporary file, then publish it atomically at ``path``.
 
     The temporary name keeps the final extension's suffix chain out of the way of readers that look
@@ -83,7 +83,7 @@ def atomic_write_with(path: Path, writer: Callable[[Path], object]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = tmp or _tmp_name(path)
     try:
         writer(tmp)
         with open(tmp, "rb+") as fh:
@@ -103,18 +103,9 @@ def atomic_write_volume(vol, path: Path) -> Path:
 
     path = Path(path)
     ext = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary name keeps the extension: the writer picks the format from it
     tmp = path.with_name(f".{uuid.uuid4().hex[:8]}{TMP_SUFFIX}{ext}")
-    try:
-        write_volume(vol, tmp, compress=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-    return path
+    return atomic_write_with(path, lambda t: write_volume(vol, t, compress=True), tmp)
 
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
