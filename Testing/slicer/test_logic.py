@@ -225,9 +225,11 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     assert fake_logic.restore(volume, segmentation, heatmap, saved, 0.5)
     assert [r.reviewed for r in fake_logic.regions] == [False, True]
     fake_logic.set_threshold(0.5, force=True)
+    assert fake_logic.runner.wait(timeout=10)
     assert [r.reviewed for r in fake_logic.regions] == [False, True]
     fake_logic.min_region_voxels = 1
     fake_logic.set_threshold(0.15)                 # only the 0.1 voxels remain: that region was reviewed
+    assert fake_logic.runner.wait(timeout=10)
     assert [(r.voxel_count, r.reviewed) for r in fake_logic.regions] == [(3, True)]
     region = fake_logic.go_to_region(0)
     assert np.allclose(mrml.slice_view_center_ras(mrml.slice_nodes(scene)[0]),
