@@ -211,7 +211,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "tasks", "grids", "regions", "mrml", "messages", "server", "logic", "selftest"):
+        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server", "logic",
+                     "selftest"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)

@@ -10,12 +10,12 @@ action is split in three:
 So the panel never waits for the network, every MRML change happens on the GUI thread, and every
 action ends with ``busy_changed(action, False)`` -- also after an error -- so buttons never stay
 disabled. Heavy numpy work (gzip-writing a CT before upload, recomputing flagged regions when the
-threshold moves) also runs in step 2.
+threshold moves) also runs in step 2. Errors become one readable sentence (``error`` signal); a label
+conflict gets its own signal (``conflict``) and leaves the segmentation untouched.
 
 Closing the scene (File > Close Scene, ``vtkMRMLScene.Clear``) forgets the shown prediction and its
 regions, and results of scene-bound actions still running then are dropped: node IDs restart in the
-next scene, so they would land on the wrong volume. Errors become one readable sentence (``error`` signal); a label conflict gets its own signal
-(``conflict``) and leaves the segmentation untouched.
+next scene, so they would land on the wrong volume.
 """
 
 from __future__ import annotations
@@ -663,10 +663,14 @@ class LabelingLogic:
         def done(fresh: list[Region]) -> None:
             if self.prediction is state and (self.threshold, self.min_region_voxels, self.max_regions) == wanted:
                 self._set_regions(fresh, wanted[0])
-            elif self.prediction is not None:  # the slider moved or another prediction came meanwhile
-                self.set_threshold(self.threshold, force=True)
+            elif self.prediction is not None and not self._regions_are_current():
+                self.set_threshold(self.threshold, force=True)  # the slider moved, or another prediction came
 
         self._start("regions", work, done)
+
+    def _regions_are_current(self) -> bool:
+        """The shown regions are for the current threshold (e.g. the server's arrived meanwhile)."""
+        return self.regions_threshold is not None and abs(self.regions_threshold - self.threshold) < 1e-9
 
     def _set_regions(self, fresh: list[Region], threshold: float) -> None:
         self.regions = keep_reviewed(self.regions, fresh)

@@ -231,3 +231,10 @@ def test_slicer_imported_code_compiles_with_python_3_9():
     script = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f, encoding='utf-8').read(), f, 'exec')\n"
     result = subprocess.run([python39, "-c", script, *map(str, SLICER_IMPORTED)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_developer_reload_reloads_every_module_of_the_lib(module_ast):
+    reload = _method(module_ast, "SynergyPLWidget", "onReload")
+    names = {c.value for c in ast.walk(reload) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+    lib = {p.stem for p in (MODULE_DIR / "SynergyPLModuleLib").glob("*.py") if p.stem != "__init__"}
+    assert lib <= names, f"not reloaded: {sorted(lib - names)}"
