@@ -63,7 +63,8 @@ class SynergyPL(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SynergyPL"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        # Modules whose logic and nodes the panel uses (segment editor hand-off, colour legend).
+        self.parent.dependencies = ["Segmentations", "SegmentEditor", "Colors"]
         self.parent.contributors = ["SynergyPL developers"]
         self.parent.helpText = (
             "Interactive semi-supervised labeling with a SynergyPL server: upload the volume, get a "
@@ -162,6 +163,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.cancelActivityButton.clicked.connect(self.onCancelActivity)
         self.ui.tokenLineEdit.editingFinished.connect(self._configureServer)
+        # Not on every keystroke (the parameter node follows the text): a new URL drops the connection.
+        self.ui.serverUrlLineEdit.editingFinished.connect(self._configureServer)
 
         # What the logic reports
         labeling = self.labeling
@@ -181,6 +184,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._hideNonCaseVolumes)
         slicer.app.connect("aboutToQuit()", self.onStopServer)
         self.initializeParameterNode()
 
@@ -197,6 +201,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Slicer closes or the module is reloaded: stop the server, cancel work, drop observers."""
         self.onStopServer()
+        slicer.app.disconnect("aboutToQuit()", self.onStopServer)  # else each reload keeps the old widget
         self.removeObservers()
         if self.logic is not None:
             self.pollTimer.stop()
@@ -206,7 +211,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "tasks", "grids", "regions", "mrml", "messages", "server", "logic", "selftest"):
+        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server", "logic",
+                     "selftest"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -229,11 +235,16 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        self._hideNonCaseVolumes()
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first is not None and first.GetAttribute(mrml.ROLE_ATTRIBUTE) != "heatmap":
-                self._parameterNode.inputVolume = first
+            cases = mrml.case_volumes(slicer.mrmlScene)
+            if cases:
+                self._parameterNode.inputVolume = cases[0]
+
+    def _hideNonCaseVolumes(self, caller=None, event=None) -> None:
+        """The case selector offers images only, never the heatmaps and region maps the panel made."""
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = mrml.non_case_volume_ids(slicer.mrmlScene)
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -262,12 +273,11 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        current = {"url": p.serverUrl, "opacity": p.heatmapOpacity, "visible": p.heatmapVisible,
+        current = {"opacity": p.heatmapOpacity, "visible": p.heatmapVisible,
                    "threshold": p.confidenceThreshold, "volume": p.inputVolume.GetID() if p.inputVolume else None}
         changed = {key for key, value in current.items() if self._applied.get(key) != value}
         self._applied = current
-        if "url" in changed:
-            self._configureServer()
+        # A changed URL is applied on editingFinished and before each action, not here (every keystroke).
         if p.heatmap and changed & {"opacity", "visible"}:
             mrml.set_heatmap_visible(p.heatmap, p.heatmapVisible, p.heatmapOpacity)
         if "threshold" in changed:
@@ -425,6 +435,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation.GetSegmentation().GetNumberOfSegments() > 0
 
     def _onPredictionReady(self, segmentation, heatmap) -> None:
+        self._hideNonCaseVolumes()
         p = self._parameterNode
         p.segmentation = segmentation
         p.heatmap = heatmap

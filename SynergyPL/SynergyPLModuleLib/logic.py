@@ -9,8 +9,13 @@ action is split in three:
 
 So the panel never waits for the network, every MRML change happens on the GUI thread, and every
 action ends with ``busy_changed(action, False)`` -- also after an error -- so buttons never stay
-disabled. Errors become one readable sentence (``error`` signal); a label conflict gets its own signal
-(``conflict``) and leaves the segmentation untouched.
+disabled. Heavy numpy work (gzip-writing a CT before upload, recomputing flagged regions when the
+threshold moves) also runs in step 2. Errors become one readable sentence (``error`` signal); a label
+conflict gets its own signal (``conflict``) and leaves the segmentation untouched.
+
+Closing the scene (File > Close Scene, ``vtkMRMLScene.Clear``) forgets the shown prediction and its
+regions, and results of scene-bound actions still running then are dropped: node IDs restart in the
+next scene, so they would land on the wrong volume.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import grids, mrml
+from . import grids, mrml, nrrdfile
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
     DICOM_UIDS_ATTRIBUTE,
     ServerInfo,
@@ -37,6 +42,7 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     _float,
     default_author,
     default_dicom_files,
+    default_slice_logics,
     describe_error,
     training_summary,
 )
@@ -50,6 +56,8 @@ FINAL_JOB_STATES = ("done", "failed", "cancelled", "interrupted")
 CASE_GRID_ATTRIBUTE = "SynergyPL.CaseGrid"
 HAS_DICOM_ATTRIBUTE = "SynergyPL.CaseHasDicom"
 EXPORT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".dcm"}
+# Actions whose results go into the scene: dropped when the scene is closed while they run.
+SCENE_BOUND_ACTIONS = ("upload", "next_case", "predict", "load_label", "regions")
 
 
 @dataclass
@@ -64,18 +72,22 @@ class PredictionState:
     model_version: int | None
     server_regions: list[Region]
     server_threshold: float | None
+    segmentation_id: str | None = None  # where the regions and their reviewed ticks are saved
 
 
 class LabelingLogic:
     """The panel's actions. Create once per panel; call :meth:`shutdown` when Slicer closes.
 
     ``client_factory(url, token, timeout)`` makes the HTTP client (default: SynergyPLLib.client);
-    ``dicom_files`` finds the DICOM files of a volume (default: Slicer's DICOM database).
+    ``dicom_files`` finds the DICOM files of a volume (default: Slicer's DICOM database);
+    ``slice_logics()`` gives the slice views' ``vtkMRMLSliceLogic``s, fitted to a case when it is shown
+    (default: the Slicer application's).
     """
 
     def __init__(self, runner: TaskRunner | None = None, scene=None,
                  client_factory: Callable | None = None, work_dir: str | os.PathLike | None = None,
-                 dicom_files: Callable = default_dicom_files, poll_seconds: float = 1.0) -> None:
+                 dicom_files: Callable = default_dicom_files, poll_seconds: float = 1.0,
+                 slice_logics: Callable = default_slice_logics) -> None:
         self.runner = runner or TaskRunner()
         self._scene = scene
         self.client_factory = client_factory or (lambda url, token, timeout: _client_module().SynergyPLClient(
@@ -84,6 +96,7 @@ class LabelingLogic:
         self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="SynergyPL-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.dicom_files = dicom_files
+        self.slice_logics = slice_logics
         self.poll_seconds = poll_seconds
         self.url = _client_module().DEFAULT_URL
         self.token: str | None = None
@@ -96,10 +109,13 @@ class LabelingLogic:
         self.max_regions = 50
         self.prediction: PredictionState | None = None
         self.regions: list[Region] = []
+        self.regions_threshold: float | None = None  # the threshold self.regions were found with
         self.current_region = -1
         self._handles: dict[str, TaskHandle] = {}
         self._sequence = 0
         self._restored_classes: list[mrml.SegmentClass] = []
+        self._scene_generation = 0  # +1 each time the scene is closed
+        self._scene_observers: list[tuple[object, int]] = []
 
         self.status = Signal("status")                      # (message)
         self.error = Signal("error")                        # (action, message)
@@ -115,6 +131,7 @@ class LabelingLogic:
         self.training_finished = Signal("training_finished")  # (job dict)
         self.model_version_changed = Signal("model_version_changed")  # (int | None)
         self.exported = Signal("exported")                  # (Path)
+        self._observe_scene_close()
 
     # ------------------------------------------------------------------------------------------
     # plumbing
@@ -122,6 +139,21 @@ class LabelingLogic:
     @property
     def scene(self):
         return mrml.get_scene(self._scene)
+
+    def _observe_scene_close(self) -> None:
+        """Forget the prediction when the scene closes (observer removed by :meth:`shutdown`)."""
+        try:
+            scene = self.scene
+        except mrml.SceneError:  # no scene yet (e.g. created outside Slicer without one)
+            return
+        tag = scene.AddObserver(scene.StartCloseEvent, lambda caller, event: self.forget_scene())
+        self._scene_observers.append((scene, tag))
+
+    def forget_scene(self) -> None:
+        """The scene is closing: drop the prediction, its regions and results still on their way."""
+        self._scene_generation += 1
+        self._restored_classes = []
+        self.clear_prediction()
 
     def configure(self, url: str, token: str | None = None) -> None:
         """Use this server from now on (forgets the previous server's info if the URL changed)."""
@@ -150,6 +182,14 @@ class LabelingLogic:
             return None
 
         handle: TaskHandle | None = None
+        generation = self._scene_generation
+
+        def scene_closed() -> bool:
+            """The scene this action started in was closed: its result must not enter the new one."""
+            if action in SCENE_BOUND_ACTIONS and generation != self._scene_generation:
+                self.status.emit(f"{action.replace('_', ' ').capitalize()}: result dropped, the scene was closed.")
+                return True
+            return False
 
         def release() -> None:
             # Free the action's name before the callbacks run, so that they may chain the same action.
@@ -158,7 +198,7 @@ class LabelingLogic:
 
         def done(result) -> None:
             release()
-            if on_done is None:
+            if on_done is None or scene_closed():
                 return
             try:
                 on_done(result)
@@ -170,6 +210,8 @@ class LabelingLogic:
             release()
             if isinstance(exc, TaskCancelled):
                 self.status.emit(f"{action.replace('_', ' ').capitalize()} cancelled.")
+                return
+            if scene_closed():
                 return
             if on_error is not None and on_error(exc):
                 return
@@ -198,7 +240,11 @@ class LabelingLogic:
                 handle.cancel()
 
     def shutdown(self) -> None:
-        """Cancel running work and remove temporary files (Slicer is closing)."""
+        """Cancel running work, stop observing the scene and remove temporary files (Slicer is closing
+        or the module is reloaded)."""
+        for scene, tag in self._scene_observers:
+            scene.RemoveObserver(tag)
+        self._scene_observers = []
         self.runner.shutdown(timeout=2.0)
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -275,10 +321,13 @@ class LabelingLogic:
         dicom_files = self.dicom_files(volume_node) if self.dicom_files else []
         name = volume_node.GetName()
         wanted = case_id or _safe_name(name)
+        voxels = matrix = None
         if dicom_files:
             payload, filename = dicom_files, f"{wanted}.zip"
         else:
-            payload = mrml.write_volume_file(volume_node, self._temp_path(f"{wanted}.nrrd"), scene=self.scene)
+            # Only the copy of the voxels happens here; the gzip NRRD is written by the task.
+            voxels, matrix = mrml.array_ijk(volume_node), mrml.ijk_to_ras(volume_node)
+            payload = self._temp_path(f"{wanted}.nrrd")
             filename = payload.name
         zip_path = self._temp_path(filename) if dicom_files else None
         existing_image = self._temp_path(f"{wanted}-server.nrrd")
@@ -287,6 +336,8 @@ class LabelingLogic:
 
         def work(ctx: TaskContext):
             path = payload
+            if voxels is not None:
+                nrrdfile.write_nrrd(payload, voxels, matrix)
             if zip_path is not None:
                 with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:
                     for index, file in enumerate(payload):
@@ -353,6 +404,7 @@ class LabelingLogic:
                 existing = mrml.find_volume_for_case(case["id"], server.key, self.scene)
                 if existing is not None:
                     self._remember_case(existing, case, server)
+                    mrml.show_volume(existing, self.slice_logics(), self.scene)
                     self._case_loaded(existing, case, then)
                 else:
                     self._download_case(case, server, then)
@@ -370,7 +422,7 @@ class LabelingLogic:
         def done(path: Path) -> None:
             node = mrml.read_volume_file(path, name=case["id"], scene=self.scene)
             self._remember_case(node, case, server)
-            mrml.set_slice_layers(self.scene, background=node)
+            mrml.show_volume(node, self.slice_logics(), self.scene)
             self._case_loaded(node, case, then)
 
         self._start("next_case", work, done)
@@ -436,8 +488,8 @@ class LabelingLogic:
                                                           segmentation_node, heatmap_node, opacity, show_heatmap)
             self.prediction_ready.emit(segmentation, heatmap)
             version = document.get("model_version")
-            self.status.emit(f"Pseudo-label of case {case_id} by model v{version}: "
-                             f"{len(self.regions)} flagged regions.")
+            found = "finding the flagged regions…" if self.is_busy("regions") else f"{len(self.regions)} flagged regions."
+            self.status.emit(f"Pseudo-label of case {case_id} by model v{version}: {found}")
             if then is not None:
                 then(segmentation, heatmap)
 
@@ -504,6 +556,7 @@ class LabelingLogic:
         segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case["id"])
         segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(int(latest.get("version") or 0)))
         segmentation.SetAttribute(mrml.MODEL_VERSION_ATTRIBUTE, str(document.get("model_version", "")))
+        segmentation.RemoveAttribute(mrml.REGIONS_ATTRIBUTE)  # the previous prediction's
         heatmap_node = mrml.show_heatmap(heatmap, volume_node, heatmap_node, threshold=self.threshold,
                                          opacity=opacity, scene=self.scene)
         if not show_heatmap:
@@ -511,42 +564,55 @@ class LabelingLogic:
         server_regions = [Region.from_dict(r) for r in document.get("regions") or []]
         self.prediction = PredictionState(case["id"], volume_node.GetID(), label, heatmap,
                                           mrml.ijk_to_ras(volume_node), document.get("model_version"),
-                                          server_regions, _float(document.get("flag_threshold")))
+                                          server_regions, _float(document.get("flag_threshold")),
+                                          segmentation.GetID())
         self.regions = []
+        self.regions_threshold = None
         self.set_threshold(self.threshold, force=True)
         return segmentation, heatmap_node
 
     def restore(self, volume_node, segmentation_node, heatmap_node, regions_json: str = "[]",
                 threshold: float | None = None) -> bool:
-        """Take back a prediction shown before the scene was saved (heatmap node, segmentation, regions
-        table with its reviewed ticks) so that the threshold slider and region navigation work again."""
+        """Take back a prediction shown before (a saved scene, or the volume chosen again): heatmap node,
+        segmentation, and the regions with their reviewed ticks, so that the threshold slider and region
+        navigation work again. The regions saved on the segmentation node win over ``regions_json`` (the
+        parameter node's, from scenes saved before they were kept there); regions for another threshold
+        than ``threshold`` are recomputed, keeping the ticks. Returns False (never raises) when the nodes
+        do not make a prediction of this volume."""
         try:
             classes = self.server.classes if self.server else self._classes_from_segments(segmentation_node)
             label, _ = mrml.segmentation_to_labelmap(segmentation_node, volume_node, classes, self.scene)
             heatmap = mrml.array_ijk(heatmap_node).astype(np.float32)
             if heatmap.shape != label.shape:
                 return False
-            saved = [Region.from_dict(entry) for entry in json.loads(regions_json or "[]")]
-        except (mrml.SceneError, ValueError, TypeError) as exc:
+            saved, saved_threshold = _saved_regions(segmentation_node, regions_json,
+                                                    self.threshold if threshold is None else float(threshold))
+        except Exception as exc:  # any scene, any Slicer: the panel must open without the prediction
             _log.info("could not restore the prediction from the scene: %s", exc)
             return False
         if threshold is not None:
             self.threshold = float(threshold)
+        elif saved_threshold is not None:
+            self.threshold = saved_threshold
         self._restored_classes = classes
         model = segmentation_node.GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE)
         self.prediction = PredictionState(
             segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
             mrml.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
-            [Region.from_dict(r.to_dict()) for r in saved], self.threshold)
+            [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID())
         self.regions = saved
+        self.regions_threshold = saved_threshold
         self.current_region = -1
         self.regions_changed.emit(self.regions)
+        if saved_threshold is None or abs(saved_threshold - self.threshold) > 1e-9:
+            self.set_threshold(self.threshold, force=True)
         return True
 
     def clear_prediction(self) -> None:
-        """Forget the shown prediction (another volume was selected): empty regions table."""
+        """Forget the shown prediction (another volume was selected, the scene closed): empty regions."""
         self.prediction = None
         self.regions = []
+        self.regions_threshold = None
         self.current_region = -1
         self.regions_changed.emit(self.regions)
 
@@ -561,26 +627,66 @@ class LabelingLogic:
             names[cls.value] = cls.name
         return names
 
-    def set_threshold(self, threshold: float, heatmap_node=None, force: bool = False) -> list[Region]:
-        """Change the confidence threshold: heatmap display and flagged regions (computed here, at once)."""
+    def set_threshold(self, threshold: float, heatmap_node=None, force: bool = False) -> None:
+        """Change the confidence threshold: the heatmap display at once, and the flagged regions.
+
+        The regions arrive through ``regions_changed``: at once when they are the server's (its flag
+        threshold), else from a background task (``regions``: the connected components of a large CT
+        take seconds). Moving the slider while one runs recomputes for the latest threshold only.
+        Reviewed ticks stay on the regions that did not change.
+        """
         threshold = float(threshold)
         changed = force or abs(threshold - self.threshold) > 1e-9
         self.threshold = threshold
         if heatmap_node is not None:
             mrml.set_heatmap_threshold(heatmap_node, threshold)
         if self.prediction is None or not changed:
-            return self.regions
+            return
         state = self.prediction
         if state.server_threshold is not None and abs(state.server_threshold - threshold) < 1e-6 \
                 and state.server_regions and self._server_regions_fit(state):
-            fresh = [Region.from_dict(r.to_dict()) for r in state.server_regions]
-        else:
-            fresh = flag_regions(state.heatmap, state.label, state.ijk_to_ras, self.class_names(), threshold,
-                                 self.min_region_voxels, self.max_regions)
+            self._set_regions([Region.from_dict(r.to_dict()) for r in state.server_regions], threshold)
+            return
+        self._recompute_regions()
+
+    def _recompute_regions(self) -> None:
+        """Find the regions of the current threshold on a worker thread (numpy only)."""
+        state = self.prediction
+        if state is None or self.is_busy("regions"):
+            return  # the running task starts the next one when it ends (see done)
+        wanted = (self.threshold, self.min_region_voxels, self.max_regions)
+        names = self.class_names()
+
+        def work(ctx: TaskContext) -> list[Region]:
+            return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, *wanted)
+
+        def done(fresh: list[Region]) -> None:
+            if self.prediction is state and (self.threshold, self.min_region_voxels, self.max_regions) == wanted:
+                self._set_regions(fresh, wanted[0])
+            elif self.prediction is not None and not self._regions_are_current():
+                self.set_threshold(self.threshold, force=True)  # the slider moved, or another prediction came
+
+        self._start("regions", work, done)
+
+    def _regions_are_current(self) -> bool:
+        """The shown regions are for the current threshold (e.g. the server's arrived meanwhile)."""
+        return self.regions_threshold is not None and abs(self.regions_threshold - self.threshold) < 1e-9
+
+    def _set_regions(self, fresh: list[Region], threshold: float) -> None:
         self.regions = keep_reviewed(self.regions, fresh)
+        self.regions_threshold = threshold
         self.current_region = -1
+        self._save_regions()
         self.regions_changed.emit(self.regions)
-        return self.regions
+
+    def _save_regions(self) -> None:
+        """Keep the regions and their reviewed ticks on the prediction's segmentation node (saved with the
+        scene), so that they come back with it: after reloading the scene or choosing the volume again."""
+        state = self.prediction
+        node = self.scene.GetNodeByID(state.segmentation_id) if state is not None and state.segmentation_id else None
+        if node is not None:
+            node.SetAttribute(mrml.REGIONS_ATTRIBUTE, json.dumps(
+                {"threshold": self.regions_threshold, "regions": [r.to_dict() for r in self.regions]}))
 
     def _server_regions_fit(self, state: PredictionState) -> bool:
         """The server's voxel indices are usable only when its grid is the volume's grid."""
@@ -612,6 +718,7 @@ class LabelingLogic:
     def set_reviewed(self, index: int, reviewed: bool = True) -> None:
         if 0 <= index < len(self.regions):
             self.regions[index].reviewed = bool(reviewed)
+            self._save_regions()
 
     # ------------------------------------------------------------------------------------------
     # Submit
@@ -633,11 +740,11 @@ class LabelingLogic:
             try:
                 label, skipped = mrml.segmentation_to_labelmap(segmentation_node, volume_node, server.classes,
                                                                self.scene)
-                label = self._to_case_grid(volume_node, label)
+                to_case_grid, case_matrix = self._case_grid_mapper(volume_node, label.shape)
             except (mrml.SceneError, grids.GridMismatch) as exc:
                 self._fail("submit", str(exc))
                 return
-            path = self._write_label(label, volume_node, f"{_safe_name(case_id)}-label.nrrd")
+            path = self._temp_path(f"{_safe_name(case_id)}-label.nrrd")
             parent = parent_version
             if parent is None:
                 parent = int(segmentation_node.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE) or 0)
@@ -645,6 +752,8 @@ class LabelingLogic:
                 self.status.emit(f"Not submitted (not project classes): {', '.join(skipped)}.")
 
             def work(ctx: TaskContext):
+                nrrdfile.write_nrrd(path, to_case_grid(label), case_matrix)
+                ctx.check_cancelled()
                 return self._client(timeout=self.upload_timeout).submit_label(
                     case_id, path, author=author, parent_version=parent)
 
@@ -674,23 +783,15 @@ class LabelingLogic:
 
         self.upload(volume_node, with_case)
 
-    def _to_case_grid(self, volume_node, array: np.ndarray) -> np.ndarray:
+    def _case_grid_mapper(self, volume_node, shape) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
+        """``(mapper, ijk_to_ras)``: how an array on the volume's grid moves onto the case's grid (the
+        volume's own grid unless the case was uploaded as DICOM), and that grid's matrix. Raises
+        :class:`~.grids.GridMismatch` when they are not the same voxels. The mapper is numpy only."""
         text = volume_node.GetAttribute(CASE_GRID_ATTRIBUTE)
         if not text:
-            return array
-        matrix, shape = grids.grid_from_json(text)
-        return grids.array_mapper(mrml.ijk_to_ras(volume_node), array.shape, matrix, shape)(array)
-
-    def _write_label(self, label: np.ndarray, volume_node, name: str) -> Path:
-        """A label map file on the case's grid (the volume's grid unless the case was uploaded as DICOM)."""
-        text = volume_node.GetAttribute(CASE_GRID_ATTRIBUTE)
-        matrix = grids.grid_from_json(text)[0] if text else mrml.ijk_to_ras(volume_node)
-        node = mrml.add_volume_from_array(label, matrix, "__SynergyPL_submit__", "vtkMRMLLabelMapVolumeNode",
-                                          self.scene)
-        try:
-            return mrml.write_volume_file(node, self._temp_path(name), scene=self.scene)
-        finally:
-            mrml._remove_with_display(node, self.scene)
+            return (lambda array: array), mrml.ijk_to_ras(volume_node)
+        matrix, case_shape = grids.grid_from_json(text)
+        return grids.array_mapper(mrml.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
 
     def load_label_version(self, volume_node, case_id: str, version: int | str = "latest",
                            then: Callable | None = None) -> None:
@@ -824,6 +925,21 @@ class LabelingLogic:
             if entry["value"] is not None:
                 out.append(mrml.SegmentClass(entry["value"], entry["name"], tuple(entry["color"])))
         return out
+
+
+def _saved_regions(segmentation_node, regions_json: str | None, threshold: float) -> tuple[list[Region], float | None]:
+    """The regions saved for a prediction and the threshold they are for: the segmentation's
+    ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``); ``([], None)``
+    when nothing was saved (then they are recomputed)."""
+    text = segmentation_node.GetAttribute(mrml.REGIONS_ATTRIBUTE)
+    if text:
+        saved = json.loads(text)
+        found = _float(saved.get("threshold"))
+        return [Region.from_dict(entry) for entry in saved.get("regions") or []], found
+    entries = json.loads(regions_json or "[]")
+    if not entries:
+        return [], None
+    return [Region.from_dict(entry) for entry in entries], float(threshold)
 
 
 def _safe_name(name: str) -> str:

@@ -1,5 +1,6 @@
-"""What the panel shows in words: the server summary, training progress, error sentences, and the
-author and DICOM files it fills in by default (no Qt)."""
+"""What the panel shows in words: the server summary, training progress, error sentences, and what it
+takes from the Slicer application by default: the author, a volume's DICOM files, the slice views'
+logics (no Qt; each default gives an empty answer outside the application)."""
 
 from __future__ import annotations
 
@@ -179,3 +180,17 @@ def default_dicom_files(volume_node) -> list[Path]:
         return []
     files = [database.fileForInstance(uid) for uid in uids] if database is not None else []
     return [Path(f) for f in files if f and Path(f).exists()]
+
+
+def default_slice_logics() -> list:
+    """The ``vtkMRMLSliceLogic`` of each slice view of the Slicer application (as ``slicer.util`` uses to
+    fit the views), or [] outside the application."""
+    try:
+        import slicer
+
+        collection = slicer.app.applicationLogic().GetSliceLogics()
+    except Exception:  # outside the Slicer application
+        return []
+    if collection is None:
+        return []
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]

@@ -265,6 +265,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360) -> list[Path]
     segmentation.GetDisplayNode().SetOpacity2DOutline(1.0)
     mrml.set_heatmap_visible(heatmap, True, 0.6, app.scene)
     logic.set_threshold(0.5, heatmap_node=heatmap)
+    logic.runner.wait(timeout=120)  # regions not from the server are found by a background task
     focus = next((i for i, r in enumerate(logic.regions)
                   if any(c != "background" for c in r.classes)), 0) if logic.regions else None
     written = []

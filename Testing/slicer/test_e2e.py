@@ -152,7 +152,9 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     assert state.server_threshold is not None
     assert server_regions == [r.to_dict() for r in state.server_regions]
 
-    regions = logic.set_threshold(0.3, heatmap_node=got["heat"])
+    logic.set_threshold(0.3, heatmap_node=got["heat"])       # found by a background task
+    assert _wait(logic, 120)
+    regions = logic.regions
     assert got["heat"].GetDisplayNode().GetUpperThreshold() == pytest.approx(0.3)
     reference = Volume(state.heatmap, **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
     expected = flag_regions(reference, reference.with_array(state.label), logic.class_names(), threshold=0.3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import vtk
 from SynergyPLModuleLib import mrml
 
 from SynergyPLLib.engine.io import Volume, read_volume, write_volume
@@ -291,3 +292,167 @@ def test_classes_from_service_mapping():
     classes = mrml.classes_from_dicts({"0": "background", "1": "Anterior", "2": {"name": "Posterior"}})
     assert [(c.value, c.name) for c in classes] == [(1, "Anterior"), (2, "Posterior")]
     assert classes[0].category == mrml.TISSUE_CODE
+
+
+# ------------------------------------------------------------------------------------------------
+# Slicer 5.8: segment terminology is the TerminologyEntry tag
+# ------------------------------------------------------------------------------------------------
+def test_segment_terminology_is_the_tag_that_slicer_5_8_and_5_10_read(mrml_env, oblique_geometry):
+    """vtkSegment.Set/GetTerminology exist only from Slicer 5.10; both read and write the tag named by
+    vtkSegment.GetTerminologyEntryTagName(), which 5.8 has too. The panel writes and reads the tag."""
+    slicer = mrml_env.slicer
+    _image_volume, volume = _volume_node(oblique_geometry, mrml_env.scene)
+    segmentation = mrml.labelmap_to_segmentation(_label(), volume, CLASSES, scene=mrml_env.scene)
+    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
+    assert tag == "TerminologyEntry"
+    for cls, entry in zip(CLASSES, mrml.segment_summary(segmentation), strict=True):
+        segment = segmentation.GetSegmentation().GetSegment(entry["id"])
+        stored = vtk.reference("")
+        assert segment.GetTag(tag, stored)
+        assert str(stored) == cls.terminology_string() == entry["terminology"]
+        if hasattr(segment, "GetTerminology"):  # Slicer 5.10+: the convenience API reads the same tag
+            assert segment.GetTerminology() == cls.terminology_string()
+    # A segment without the tag reads as "" (no exception), e.g. one the radiologist added by hand.
+    bare = slicer.vtkSegment()
+    bare.RemoveTag(tag)
+    assert mrml.segment_terminology(bare) == ""
+
+
+def test_class_colour_table_without_terminology_api(mrml_env):
+    """Colour-table terminology is 5.10+ only: the table is made either way, with names and colours."""
+    table = mrml.class_color_table(CLASSES, scene=mrml_env.scene)
+    assert table.GetNumberOfColors() == 4
+    assert [table.GetColorName(i) for i in range(1, 4)] == ["Anterior", "Posterior", "Never present"]
+    if hasattr(table, "GetTerminologyAsString"):
+        assert "SCT^5976003^Hippocampus" in table.GetTerminologyAsString(1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Volumes under a parent transform (after registration)
+# ------------------------------------------------------------------------------------------------
+def _translated_volume(scene, shift=(5.0, 0.0, 0.0)):
+    """A 12^3 volume, 1 mm voxels at the origin, under a linear transform moving it by ``shift`` mm."""
+    volume = mrml.add_volume_from_array(np.zeros((12, 12, 12), np.int16), np.eye(4), "moved", scene=scene)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    matrix = np.eye(4)
+    matrix[:3, 3] = shift
+    transform.SetMatrixTransformToParent(mrml.array_to_matrix(matrix))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    return volume, transform
+
+
+def _world_bounds(node) -> np.ndarray:
+    bounds = [0.0] * 6
+    node.GetRASBounds(bounds)
+    return np.array(bounds)
+
+
+def test_segmentation_of_a_transformed_volume_lies_on_it_in_world_space(mrml_env):
+    scene = mrml_env.scene
+    volume, transform = _translated_volume(scene)
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[2:6, 2:6, 2:6] = 1                      # voxels 2..5: edges 1.5..5.5 mm, +5 mm in R
+    classes = CLASSES[:1]
+    segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
+
+    assert segmentation.GetParentTransformNode() is transform
+    assert np.allclose(_world_bounds(segmentation), [6.5, 10.5, 1.5, 5.5, 1.5, 5.5])  # not 1.5..5.5
+    # The heatmap is on the same voxels in world space: segment and heatmap coincide.
+    heatmap = mrml.show_heatmap(np.ones((12, 12, 12), np.float32), volume, scene=scene)
+    assert heatmap.GetParentTransformNode() is transform
+    assert np.allclose(mrml.ijk_to_world_ras(heatmap), mrml.ijk_to_world_ras(volume), atol=1e-12)
+    corners = mrml.ijk_to_world_ras(heatmap) @ np.array([[1.5, 1.5, 1.5, 1.0], [5.5, 5.5, 5.5, 1.0]]).T
+    assert np.allclose(corners[:3].T.ravel(), _world_bounds(segmentation)[[0, 2, 4, 1, 3, 5]])
+    # What would be submitted: the prediction, voxel for voxel.
+    back, _ = mrml.segmentation_to_labelmap(segmentation, volume, classes, scene=scene)
+    assert np.array_equal(back, label)
+
+
+def test_transformed_volume_oblique_rotation_and_reused_segmentation(mrml_env, oblique_geometry):
+    """A rotation+translation on an oblique volume, a segmentation first made without a transform and
+    then reused, and an edit in segmentation coordinates: everything stays voxel-exact."""
+    scene = mrml_env.scene
+    image, volume = _volume_node(oblique_geometry, scene)
+    label = _label()
+    segmentation = mrml.labelmap_to_segmentation(label, volume, CLASSES, scene=scene)   # no transform yet
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    moved = np.eye(4)
+    moved[:3, :3] = oblique_direction_about_z(12.0)
+    moved[:3, 3] = [4.0, -7.5, 2.25]
+    transform.SetMatrixTransformToParent(mrml.array_to_matrix(moved))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+
+    mrml.labelmap_to_segmentation(label, volume, CLASSES, segmentation_node=segmentation, scene=scene)
+    assert segmentation.GetParentTransformNode() is transform
+    back, _ = mrml.segmentation_to_labelmap(segmentation, volume, CLASSES, scene=scene)
+    assert np.array_equal(back, label)
+    ids = mrml.segment_ids_by_value(segmentation, CLASSES)
+    edit = np.zeros(SHAPE, bool)
+    edit[9:12, 10:14, 4:7] = True
+    mrml.set_segment_mask(segmentation, ids[1], (label == 1) | edit, volume, scene=scene)
+    expected = label.copy()
+    expected[edit] = 1
+    back, _ = mrml.segmentation_to_labelmap(segmentation, volume, CLASSES, scene=scene)
+    assert np.array_equal(back, expected)
+    # The volume moves out from under the transform again: segmentation and heatmap follow it.
+    volume.SetAndObserveTransformNodeID(None)
+    mrml.labelmap_to_segmentation(label, volume, CLASSES, segmentation_node=segmentation, scene=scene)
+    heatmap = mrml.show_heatmap(np.ones(SHAPE, np.float32), volume, scene=scene)
+    assert segmentation.GetParentTransformNode() is None and heatmap.GetParentTransformNode() is None
+    back, _ = mrml.segmentation_to_labelmap(segmentation, volume, CLASSES, scene=scene)
+    assert np.array_equal(back, label)
+
+
+def oblique_direction_about_z(degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    return np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+
+
+# ------------------------------------------------------------------------------------------------
+# Case volumes, slice views
+# ------------------------------------------------------------------------------------------------
+def test_heatmaps_region_maps_and_label_maps_are_not_cases(mrml_env, oblique_geometry):
+    scene = mrml_env.scene
+    _image_volume, volume = _volume_node(oblique_geometry, scene)
+    added = []
+    observer = scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: added.append(mrml.non_case_volume_ids(scene)))
+    heatmap = mrml.show_heatmap(np.ones(SHAPE, np.float32), volume, scene=scene)
+    scene.RemoveObserver(observer)
+    # When the heatmap entered the scene it was already marked: a selector refreshed on NodeAddedEvent
+    # never offers it, not even for a moment.
+    assert any(heatmap.GetID() in ids for ids in added)
+    region_map = mrml.add_volume_from_array(np.zeros(SHAPE, np.uint8), mrml.ijk_to_ras(volume), "regions", scene=scene)
+    region_map.SetAttribute(mrml.ROLE_ATTRIBUTE, "regionmap")
+    label_map = mrml.add_volume_from_array(np.zeros(SHAPE, np.uint8), mrml.ijk_to_ras(volume), "label",
+                                           "vtkMRMLLabelMapVolumeNode", scene=scene)
+    other = mrml.add_volume_from_array(np.zeros(SHAPE, np.int16), mrml.ijk_to_ras(volume), "second", scene=scene)
+    assert mrml.case_volumes(scene) == [volume, other]
+    assert set(mrml.non_case_volume_ids(scene)) == {heatmap.GetID(), region_map.GetID()}
+    assert not mrml.is_case_volume(label_map) and not mrml.is_case_volume(heatmap)
+    mrml.set_case_id(heatmap, "case-1", "server")
+    assert mrml.find_volume_for_case("case-1", "server", scene) is None
+
+
+def test_show_volume_sets_layers_and_fits_the_views(mrml_env, oblique_geometry):
+    scene = mrml_env.scene
+    _image_volume, volume = _volume_node(oblique_geometry, scene)
+    heatmap = mrml.show_heatmap(np.ones(SHAPE, np.float32), volume, scene=scene)
+    for slice_node in mrml.slice_nodes(scene):                 # views somewhere else, zoomed in
+        slice_node.SetFieldOfView(3.0, 3.0, 1.0)
+    mrml.center_slice_views_on((200.0, -300.0, 90.0), scene)
+    mrml.show_volume(volume, mrml_env.slice_logics, scene)
+
+    bounds = [0.0] * 6
+    volume.GetRASBounds(bounds)
+    centre = np.array(bounds).reshape(3, 2).mean(axis=1)
+    extent = np.diff(np.array(bounds).reshape(3, 2), axis=1).ravel()
+    for composite in mrml.slice_composite_nodes(scene):
+        assert composite.GetBackgroundVolumeID() == volume.GetID() and not composite.GetForegroundVolumeID()
+    assert heatmap.GetID() not in {c.GetForegroundVolumeID() for c in mrml.slice_composite_nodes(scene)}
+    for slice_node in mrml.slice_nodes(scene):
+        in_plane = np.array(slice_node.GetFieldOfView()[:2])
+        assert in_plane.max() >= 0.9 * extent.min(), slice_node.GetName()   # zoomed out to the volume
+        offset = np.asarray(mrml.slice_view_center_ras(slice_node)) - centre
+        normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
+        in_plane_offset = offset - normal * (offset @ normal)
+        assert np.allclose(in_plane_offset, 0.0, atol=1e-6), slice_node.GetName()        # centred on it
