@@ -76,7 +76,7 @@ def test_project_token_is_made_once_kept_private_and_picked_up(project):
         assert SynergyPLClient(srv.url).health()["status"] == "ok"
         assert SynergyPLClient(srv.url, project=project).info()["auth"]["token_required"] is True
         with pytest.raises(AuthError, match="wrong token"):
-            SynergyPLClient(srv.url, token="not-the-token").info()
+            SynergyPLClient(srv.url, token="not-the-token").list_cases()
         # the CLI prints it, for typing into a panel that did not start the server
         r = _cli("token", "--project", str(project))
         assert r.returncode == 0 and r.stdout.strip() == token
@@ -86,11 +86,11 @@ def test_project_token_is_made_once_kept_private_and_picked_up(project):
         assert token_for_project(project) == token
         r = _cli("token", "--project", str(project), "--new")
         assert r.returncode == 0 and r.stdout.strip() != token and "restart" in r.stderr
-        assert srv.client(token=token).info()["name"] == "Hippocampus"  # the running server keeps its token
+        assert srv.client(token=token).list_cases()[0]["id"] == "hippocampus_001"  # the running server keeps its token
     os.chmod(path, 0o644)  # a copied folder with a readable token file is made private again
     with Server(project) as srv:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert srv.client().info()["name"] == "Hippocampus"
+        assert srv.client().list_cases()[0]["id"] == "hippocampus_001"
 
 
 def test_token_from_file_and_environment_never_on_the_command_line(project, tmp_path):
@@ -99,17 +99,17 @@ def test_token_from_file_and_environment_never_on_the_command_line(project, tmp_
     secret.chmod(0o600)
     with Server(project, args=("--token-file", str(secret))) as srv:
         assert TOKEN not in _cmdline(srv.proc.pid)
-        assert SynergyPLClient(srv.url, token=TOKEN).info()["name"] == "Hippocampus"
+        assert SynergyPLClient(srv.url, token=TOKEN).list_cases()[0]["id"] == "hippocampus_001"
         with pytest.raises(AuthError, match="needs a token"):
-            SynergyPLClient(srv.url).info()
+            SynergyPLClient(srv.url).list_cases()
         assert token_for_project(project) == TOKEN  # local clients still find the server's token
         assert stat.S_IMODE(token_file(project).stat().st_mode) == 0o600
     env_token = "another-team-token-42"
     with Server(project, env={"SYNERGYPL_TOKEN": env_token}) as srv:
         assert env_token not in _cmdline(srv.proc.pid)
-        assert SynergyPLClient(srv.url, token=env_token).info()["name"] == "Hippocampus"
+        assert SynergyPLClient(srv.url, token=env_token).list_cases()[0]["id"] == "hippocampus_001"
         with pytest.raises(AuthError, match="wrong token"):
-            SynergyPLClient(srv.url, token=TOKEN).info()
+            SynergyPLClient(srv.url, token=TOKEN).list_cases()
         assert SynergyPLClient(srv.url, project=project).list_cases()
 
 
@@ -117,7 +117,7 @@ def test_token_on_the_command_line_still_works_but_warns(project):
     srv = Server(project)
     srv.args = ["--token", TOKEN]
     with srv:
-        assert SynergyPLClient(srv.url, token=TOKEN).info()["name"] == "Hippocampus"
+        assert SynergyPLClient(srv.url, token=TOKEN).list_cases()[0]["id"] == "hippocampus_001"
         assert TOKEN in _cmdline(srv.proc.pid)  # which is why it warns
     assert "visible to every user of this machine" in srv.log() and "--token-file" in srv.log()
 
@@ -135,7 +135,6 @@ def test_proxied_loopback_requests_are_not_local(project):
             assert ".synergypl-token" not in out["detail"]  # no local hints for relayed clients
             status, out = raw_request(srv.port, "GET", "/api/cases", headers={header: value, **srv.auth_headers()})
             assert status == 200, (header, out)
-        assert SynergyPLClient(srv.url).info()["auth"]["token_required"] is False
     # --token-everywhere (the default now) wins over --loopback-without-token
     with Server(project, args=("--loopback-without-token", "--token-everywhere")) as srv:
         status, out = raw_request(srv.port, "GET", "/api/cases")
