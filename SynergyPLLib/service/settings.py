@@ -69,6 +69,8 @@ class ServiceSettings:
                                 "SYNERGYPL_TOKEN, or keeps one in the project's .synergypl-token file")
         if len(self.token) < 8:
             raise SettingsError("the token is too short: use at least 8 characters")
+        if not (self.token.isascii() and self.token.isprintable()) or any(ch.isspace() for ch in self.token):
+            raise SettingsError("the token must be printable ASCII without spaces (it travels in an HTTP header)")
         if self.loopback_without_token and not is_loopback(self.host):
             raise SettingsError(f"--loopback-without-token is only allowed when listening on 127.0.0.1 or ::1, "
                                 f"not {self.host}")
