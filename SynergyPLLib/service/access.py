@@ -7,7 +7,8 @@ pass), which answers a refused request with a JSON error before any route runs. 
    or one of ``allowed_hosts``, else 403 -- a page on ``evil.example`` that rebinds its DNS name to
    127.0.0.1 sends ``Host: evil.example`` (DNS rebinding).
 2. **Browser pages of other sites**: a state-changing request (POST, PUT, PATCH, DELETE) whose
-   ``Origin`` is not this server's own, or whose ``Sec-Fetch-Site`` is ``cross-site``, gets 403; so
+   ``Origin`` is not this server's own, or whose ``Sec-Fetch-Site`` is ``cross-site`` (or
+   ``same-site``: a page on another port of localhost is another origin), gets 403; so
    does any ``/api`` request with a foreign ``Origin`` or from a cross-site page. Browsers send these
    headers on "simple" requests (``text/plain``, multipart forms) that need no CORS preflight; curl,
    the Python client and Slicer send no ``Origin`` and pass.
@@ -80,9 +81,9 @@ def cross_site_reason(method: str, path: str, headers: dict[str, str]) -> str | 
             return (f"cross-site request refused: a web page from {origin} may not use this SynergyPL server "
                     f"(its Origin is not this server's own, {host or 'unknown host'}). Scripts, the SynergyPL "
                     "client and Slicer send no Origin header and are not affected.")
-    if fetch_site == "cross-site":
-        return ("cross-site request refused: a web page of another site may not use this SynergyPL server "
-                "(Sec-Fetch-Site: cross-site). Scripts, the SynergyPL client and Slicer are not affected.")
+    if fetch_site in ("cross-site", "same-site"):  # same-site: another port of localhost is another origin
+        return (f"cross-site request refused: a web page of another site may not use this SynergyPL server "
+                f"(Sec-Fetch-Site: {fetch_site}). Scripts, the SynergyPL client and Slicer are not affected.")
     return None
 
 

@@ -145,6 +145,8 @@ def test_own_names_same_origin_and_plain_clients_pass(open_server):
     # another port on localhost is another origin
     status, out = raw_request(port, "POST", "/api/models/99/activate", b"", {"Origin": "http://localhost:3000"})
     assert status == 403, out
+    status, out = raw_request(port, "GET", "/api/next-case?predict=true", None, {"Sec-Fetch-Site": "same-site"})
+    assert status == 403 and "Sec-Fetch-Site: same-site" in out["detail"], out
     # a link clicked on another site may open the documentation page
     status, _ = raw_request(port, "GET", "/docs", None, {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"})
     assert status == 200
