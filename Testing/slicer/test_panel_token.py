@@ -46,6 +46,9 @@ def panel_server(hippocampus_dir, tmp_path_factory):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((project.parent / "serve.log").read_text()[-2000:]) from None
                 time.sleep(0.3)
+        # The first /api/info probes the device in a fresh Python (imports torch): on a busy machine that
+        # can pass the panel's 15 s connect timeout, which is not what these tests are about.
+        SynergyPLClient(command.url, timeout=300, project=command.project).info()
         yield command, process
     finally:
         process.terminate()
