@@ -125,6 +125,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applied = {}
         self._updatingRegions = False
         self.serverProcess = None
+        self.localServer = None
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -312,7 +313,10 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- server -------------------------------------------------------------------------------------
     def _configureServer(self) -> None:
         if self._parameterNode is not None:
-            self.labeling.configure(self._parameterNode.serverUrl, self.ui.tokenLineEdit.text)
+            url = self._parameterNode.serverUrl
+            # The server this panel started: its token is read from its project folder.
+            local = self.localServer if self.localServer is not None and self.localServer.url == url else None
+            self.labeling.configure(url, self.ui.tokenLineEdit.text, project=local.project if local else None)
 
     def onConnect(self) -> None:
         self._configureServer()
@@ -356,6 +360,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.serverLogTextEdit.appendPlainText("$ " + " ".join(command.as_list()))
         process.start(command.program, command.arguments)
         self.serverProcess = process
+        self.localServer = command
         self._parameterNode.serverUrl = command.url
         self._serverStartedAt = time.monotonic()
         self._updateButtons()
@@ -649,7 +654,8 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
 
     The loop needs a running server with a trained model and an image:
     SYNERGYPL_TEST_URL (e.g. http://127.0.0.1:8765) and SYNERGYPL_TEST_IMAGE (e.g.
-    .../hippocampus/imagesTr/hippocampus_050.nii.gz). Without them only the scene test runs.
+    .../hippocampus/imagesTr/hippocampus_050.nii.gz), and the server's token in SYNERGYPL_TOKEN or its
+    project folder in SYNERGYPL_TEST_PROJECT. Without them only the scene test runs.
     """
 
     def setUp(self) -> None:
@@ -699,7 +705,7 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Labeling loop skipped: set SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
             return
         logic = LabelingLogic(runner=TaskRunner())
-        logic.configure(url, os.environ.get("SYNERGYPL_TOKEN"))
+        logic.configure(url, os.environ.get("SYNERGYPL_TOKEN"), project=os.environ.get("SYNERGYPL_TEST_PROJECT"))
         volume = slicer.util.loadVolume(image)
 
         def wait(timeout: float) -> bool:

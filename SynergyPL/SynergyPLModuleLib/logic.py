@@ -100,6 +100,7 @@ class LabelingLogic:
         self.poll_seconds = poll_seconds
         self.url = _client_module().DEFAULT_URL
         self.token: str | None = None
+        self.project: str | None = None  # folder of the local server, whose token file is read
         self.timeout = 60.0
         self.upload_timeout = 600.0
         self.server: ServerInfo | None = None
@@ -155,19 +156,27 @@ class LabelingLogic:
         self._restored_classes = []
         self.clear_prediction()
 
-    def configure(self, url: str, token: str | None = None) -> None:
-        """Use this server from now on (forgets the previous server's info if the URL changed)."""
+    def configure(self, url: str, token: str | None = None, project: str | os.PathLike | None = None) -> None:
+        """Use this server from now on (forgets the previous server's info if the URL changed).
+
+        ``project``: the folder of a server this panel started on this machine; without a typed
+        ``token``, the token is read from the project's token file at each request (the server writes
+        it when it starts)."""
         url = (url or "").strip().rstrip("/") or _client_module().DEFAULT_URL
         if "://" not in url:
             url = "http://" + url
         token = (token or "").strip() or None
+        self.project = str(project) if project else None
         if url != self.url or token != self.token:
             self.url, self.token = url, token
             self.server = None
             self.server_changed.emit(None)
 
     def _client(self, timeout: float | None = None):
-        return self.client_factory(self.url, self.token, timeout or self.timeout)
+        token = self.token
+        if token is None and self.project:
+            token = _client_module().token_for_project(self.project)
+        return self.client_factory(self.url, token, timeout or self.timeout)
 
     def is_busy(self, action: str | None = None) -> bool:
         if action is None:

@@ -25,6 +25,9 @@ def describe_error(exc: BaseException) -> str:
     """One sentence a radiologist can act on."""
     client = _client_module()
     if isinstance(exc, client.AuthError):
+        if "needs a token" in exc.message:
+            return ("The server needs a token: type it in the Server section (for a server on this computer, "
+                    "'synergypl token --project FOLDER' prints it; Start local server finds it itself).")
         return "The server refused the token: check the token in the Server section."
     if isinstance(exc, client.ConnectionError):
         return f"The server cannot be reached: {exc}"

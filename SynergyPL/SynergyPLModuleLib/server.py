@@ -27,6 +27,7 @@ class LocalServerCommand:
     arguments: list[str]
     environment: dict[str, str]
     url: str
+    project: str = ""  # the served folder: its .synergypl-token holds the server's token
 
     def as_list(self) -> list[str]:
         return [self.program, *self.arguments]
@@ -63,7 +64,8 @@ def free_port(preferred: int = DEFAULT_PORT, host: str = "127.0.0.1") -> int:
 def serve_command(python: str | None, project: str | os.PathLike, port: int = DEFAULT_PORT,
                   token: str | None = None, host: str = "127.0.0.1", log_level: str = "info") -> LocalServerCommand:
     """``python -m SynergyPLLib.cli serve --project ...`` with the token passed in the environment
-    (never on the command line, where other users could read it)."""
+    (never on the command line, where other users could read it). Without a token the server uses the
+    project's own (``<project>/.synergypl-token``), which the panel then reads from there."""
     project_path = Path(project).expanduser() if project else None
     if project_path is None or not project_path.is_dir():
         raise ServerConfigError(f"Project folder {project or '(none)'} does not exist; create one with "
@@ -77,4 +79,4 @@ def serve_command(python: str | None, project: str | os.PathLike, port: int = DE
     environment = {"PYTHONUNBUFFERED": "1"}
     if token:
         environment["SYNERGYPL_TOKEN"] = token
-    return LocalServerCommand(program, arguments, environment, f"http://{host}:{int(port)}")
+    return LocalServerCommand(program, arguments, environment, f"http://{host}:{int(port)}", str(project_path))

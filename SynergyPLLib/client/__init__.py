@@ -2,7 +2,7 @@
 FastAPI, so the Slicer module can use it in Slicer's own Python (3.11 / 3.12).
 
     from SynergyPLLib.client import SynergyPLClient, ConflictError
-    c = SynergyPLClient("http://127.0.0.1:8765", token=None)
+    c = SynergyPLClient("http://127.0.0.1:8765", project="~/hippo")  # token read from ~/hippo/.synergypl-token
     c.info(); job = c.predict("case_001"); c.wait_job(job["id"]); c.download_prediction("case_001", "heatmap", "h.nrrd")
 """
 
@@ -19,7 +19,8 @@ from .errors import (
     TimeoutError,
     TooLargeError,
 )
+from .tokens import TOKEN_FILE_NAME, token_file, token_for_project
 
 __all__ = ["DEFAULT_URL", "FINAL", "SynergyPLClient", "AuthError", "BadRequestError", "ConflictError",
            "ConnectionError", "JobFailedError", "NotFoundError", "ServerError", "SynergyPLError", "TimeoutError",
-           "TooLargeError"]
+           "TooLargeError", "TOKEN_FILE_NAME", "token_file", "token_for_project"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import JobFailedError, TimeoutError
+from .tokens import token_for_project
 from .transport import FilePart, Transport
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
@@ -49,11 +50,17 @@ def _file_part(name: str, file: str | os.PathLike | bytes, filename: str | None)
 class SynergyPLClient:
     """Client of one SynergyPL server.
 
-    ``url``: e.g. ``http://127.0.0.1:8765``; ``token``: the server's token (needed off loopback);
-    ``timeout``: seconds for one request (uploads/downloads of big volumes may need more).
+    ``url``: e.g. ``http://127.0.0.1:8765``; ``token``: the server's token (every request needs it,
+    except ``/api/health``); ``project``: the project folder of a server on this machine, whose token
+    is then read from ``<project>/.synergypl-token`` when ``token`` is not given (see
+    :func:`~.tokens.token_for_project`); ``timeout``: seconds for one request (uploads/downloads of big
+    volumes may need more).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0,
+                 project: str | os.PathLike | None = None) -> None:
+        if token is None and project is not None:
+            token = token_for_project(project)
         self.http = Transport(url, token, timeout)
 
     @property

@@ -5,14 +5,12 @@ In: a :class:`~.settings.ServiceSettings`.  Out: an ASGI app (``create_app``). S
 recovers jobs left running by a previous process and starts the worker supervisor; stopping it ends
 the workers.
 
-Access: requests from loopback pass without a token unless ``token_everywhere``; any other client must
-send the token (``Authorization: Bearer <token>`` or ``X-SynergyPL-Token``). A token that is sent but
-wrong is always refused (401), from anywhere.
+Access (Host allow-list, refusal of cross-site browser requests, the token every client sends) is
+checked by :class:`~.access.AccessMiddleware` before anything else.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import subprocess
@@ -27,9 +25,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import SERVICE_VERSION
+from .access import AccessMiddleware
 from .errors import ServiceError
 from .jobs import JobManager
-from .settings import ServiceSettings, is_loopback
+from .settings import ServiceSettings
 from .workspace import Workspace
 
 log = logging.getLogger("synergypl.app")
@@ -82,32 +81,17 @@ def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSO
 
 
 class GuardMiddleware:
-    """Token check and upload-size check before any route runs (pure ASGI, so SSE streams pass)."""
+    """Upload-size check before any route runs (pure ASGI, so SSE streams pass); access is checked
+    before it by :class:`~.access.AccessMiddleware`."""
 
     def __init__(self, app, settings: ServiceSettings, max_bytes: int) -> None:
         self.app = app
-        self.token = settings.token
-        self.everywhere = settings.token_everywhere
         self.max_bytes = max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        host = (scope.get("client") or ("", 0))[0]
-        presented = headers.get("x-synergypl-token")
-        auth = headers.get("authorization", "")
-        if presented is None and auth.lower().startswith("bearer "):
-            presented = auth[7:].strip()
-        if self.token:
-            if presented is not None:
-                if not hmac.compare_digest(presented.encode(), self.token.encode()):
-                    return await _json(401, "wrong token: the token sent does not match this server's token",
-                                       {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            elif self.everywhere or not is_loopback(host):
-                return await _json(401, "this server needs a token: send 'Authorization: Bearer <token>' or "
-                                        "'X-SynergyPL-Token: <token>'", {"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes + 1_000_000:
             return await _json(413, f"upload of {int(length) / 2**20:.1f} MB is larger than the limit of "
@@ -184,4 +168,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     for mod in (routes_info, routes_cases, routes_labels, routes_predict, routes_jobs, routes_next, routes_export):
         app.include_router(mod.router, prefix="/api")
     app.add_middleware(GuardMiddleware, settings=settings, max_bytes=max_bytes)
+    app.add_middleware(AccessMiddleware, settings=settings)  # added last = runs first
     return app

@@ -1,4 +1,4 @@
-"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``demo``.
+"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token``, ``demo``.
 
 ``add_parsers(subparsers)`` is called by :mod:`SynergyPLLib.cli`; each parser sets ``func`` to a
 function taking the parsed arguments and returning an exit code. Heavy imports happen inside them.
@@ -7,6 +7,7 @@ function taking the parsed arguments and returning an exit code. Heavy imports h
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,17 +36,61 @@ def cmd_serve(args) -> int:
     from .server import serve
     from .settings import ServiceSettings, SettingsError
 
-    token = args.token or ServiceSettings.token_from_env()
-    if args.token_file:
-        token = Path(args.token_file).read_text().strip()
-    settings = ServiceSettings(project=Path(args.project).resolve(), host=args.host, port=args.port, token=token,
-                               token_everywhere=args.token_everywhere, max_upload_mb=args.max_upload_mb,
-                               log_level=args.log_level)
     try:
+        token = _serve_token(args)
+        allowed = tuple(args.allowed_host or ()) + ServiceSettings.allowed_hosts_from_env()
+        settings = ServiceSettings(project=Path(args.project).resolve(), host=args.host, port=args.port,
+                                   token=token, token_everywhere=args.token_everywhere,
+                                   loopback_without_token=args.loopback_without_token, allowed_hosts=allowed,
+                                   max_upload_mb=args.max_upload_mb, log_level=args.log_level)
         return serve(settings)
     except SettingsError as exc:
         print(f"synergypl serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve_token(args) -> str | None:
+    """The token given to ``serve``: --token-file, else --token (with a warning: other users see the
+    command line in `ps`), else SYNERGYPL_TOKEN; None lets the server use the project's own token."""
+    from .settings import ServiceSettings, SettingsError
+
+    if args.token_file:
+        path = Path(args.token_file).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read the token file {path}: {exc}") from None
+        if not token:
+            raise SettingsError(f"the token file {path} is empty")
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            print(f"synergypl serve: warning: {path} can be read by other users; `chmod 600 {path}`",
+                  file=sys.stderr)
+        return token
+    if args.token:
+        print("synergypl serve: warning: a token given with --token is visible to every user of this machine "
+              "(`ps`, /proc/PID/cmdline); use --token-file FILE or the SYNERGYPL_TOKEN environment variable",
+              file=sys.stderr)
+        return args.token
+    return ServiceSettings.token_from_env()
+
+
+def cmd_token(args) -> int:
+    """Print the project's token (creating it when no server has run yet, or a new one with --new)."""
+    from ..client.tokens import ensure_project_token, new_token
+    from .settings import ServiceSettings, SettingsError
+
+    project = Path(args.project).resolve()
+    try:
+        ServiceSettings(project=project).check_project()
+    except SettingsError as exc:
+        print(f"synergypl token: {exc}", file=sys.stderr)
+        return 2
+    token, path = ensure_project_token(project, new_token() if args.new else None)
+    print(token)
+    if args.new:
+        print(f"synergypl token: wrote a new token to {path}; restart `synergypl serve` to use it",
+              file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -73,14 +118,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("serve", help="serve a project over HTTP (REST API at /api, docs at /docs)")
     s.add_argument("--project", required=True)
-    s.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs a token")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
-    s.add_argument("--token", default=None, help="shared secret (or SYNERGYPL_TOKEN / --token-file)")
-    s.add_argument("--token-file", default=None)
-    s.add_argument("--token-everywhere", action="store_true", help="require the token from loopback clients too")
+    s.add_argument("--token-file", default=None,
+                   help="file holding the token every client must send (default: SYNERGYPL_TOKEN, else the "
+                        "project's own token in PROJECT/.synergypl-token, generated on the first start)")
+    s.add_argument("--token", default=None,
+                   help="the token itself; discouraged: other users see it in `ps` (use --token-file)")
+    s.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name clients may use besides localhost and IP addresses (a team server's DNS "
+                        "name; repeatable; also SYNERGYPL_ALLOWED_HOSTS=a,b; '*' for any)")
+    s.add_argument("--loopback-without-token", action="store_true",
+                   help="let clients on this machine in without the token (weaker: every local user can then "
+                        "use the project); only with a loopback --host")
+    s.add_argument("--token-everywhere", action="store_true",
+                   help="require the token from every client (the default; overrides --loopback-without-token)")
     s.add_argument("--max-upload-mb", type=float, default=None, help="default: project.yaml service.max_upload_mb")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="print a project's server token (the one `serve` uses; created if none)")
+    t.add_argument("--project", required=True)
+    t.add_argument("--new", action="store_true", help="replace it with a new token (restart the server to use it)")
+    t.set_defaults(func=cmd_token)
 
     d = sub.add_parser("demo", help="headless demo of the full labeling loop through the API")
     d.add_argument("--data", default=None, help="Decathlon folder (default: ../shared/data/hippocampus)")

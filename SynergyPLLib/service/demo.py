@@ -254,7 +254,7 @@ def run_demo(opts: DemoOptions) -> int:
     t_start = time.monotonic()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     try:
-        c = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=120)
+        c = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=120, project=project)  # its token file
         for img, lbl in lab:
             c.upload_case(img)
             c.submit_label(cid[img], lbl, author="expert", parent_version=0)

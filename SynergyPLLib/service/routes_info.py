@@ -33,9 +33,9 @@ def info(st: AppState = Depends(state)) -> dict:
         "cases": {"total": sum(counts.values()), **{k: counts.get(k, 0) for k in
                                                     ("unlabeled", "predicted", "in_review", "confirmed")}},
         "max_upload_mb": st.max_upload_bytes / 2**20,
-        "auth": {"token_required": bool(st.settings.token) and (st.settings.token_everywhere
-                                                                or st.settings.host not in ("127.0.0.1", "::1")),
-                 "token_configured": bool(st.settings.token)},
+        "auth": {"token_required": st.settings.token_required_on_loopback,
+                 "token_configured": bool(st.settings.token),
+                 "allowed_hosts": sorted(st.settings.host_names())},
     }
 
 

@@ -1,5 +1,5 @@
-"""Run-time settings of one service process (address, token, limits); the project's own options live
-in ``project.yaml`` (see :mod:`.project`).
+"""Run-time settings of one service process (address, token, allowed Host names, limits); the
+project's own options live in ``project.yaml`` (see :mod:`.project`).
 
 In: command-line options / environment.  Out: a frozen :class:`ServiceSettings`.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+ALLOWED_HOSTS_ENV = "SYNERGYPL_ALLOWED_HOSTS"
 
 
 class SettingsError(ValueError):
@@ -33,9 +34,16 @@ def is_loopback(host: str) -> bool:
 class ServiceSettings:
     """How the API process runs.
 
-    - ``token``: shared secret; requests from other machines must send it (``Authorization: Bearer``
-      or ``X-SynergyPL-Token``). Required whenever ``host`` is not a loopback address.
-    - ``token_everywhere``: also require the token from loopback clients (e.g. behind a local proxy).
+    - ``token``: shared secret every client sends (``Authorization: Bearer`` or ``X-SynergyPL-Token``);
+      ``serve`` fills it from ``--token-file`` / ``SYNERGYPL_TOKEN`` or the project's token file
+      (generated on the first start, see :mod:`SynergyPLLib.client.tokens`).
+    - ``loopback_without_token``: let clients on this machine in without the token (weaker: any local
+      user or process can then use the project). Requests that carry proxy headers (``Forwarded``,
+      ``X-Forwarded-For``, ``X-Real-IP``) never count as local.
+    - ``token_everywhere``: the token from every client; the default now, kept for old command lines
+      (it overrides ``loopback_without_token``).
+    - ``allowed_hosts``: Host names accepted besides localhost, IP addresses and the bound address (a
+      team server's DNS name); ``"*"`` accepts any (e.g. behind a proxy that checks Host itself).
     - ``max_upload_mb``: None takes the project's ``service.max_upload_mb``.
     - ``predict_idle_seconds``: how long the prediction worker keeps its model loaded while idle.
     """
@@ -45,6 +53,8 @@ class ServiceSettings:
     port: int = DEFAULT_PORT
     token: str | None = None
     token_everywhere: bool = False
+    loopback_without_token: bool = False
+    allowed_hosts: tuple[str, ...] = ()
     max_upload_mb: float | None = None
     predict_idle_seconds: float = 600.0
     train_idle_seconds: float = 60.0
@@ -53,19 +63,41 @@ class ServiceSettings:
 
     def validate(self) -> ServiceSettings:
         """Raise :class:`SettingsError` for a configuration that must not start."""
+        self.check_project()
+        if not self.token:
+            raise SettingsError("the server has no token: `synergypl serve` reads one from --token-file or "
+                                "SYNERGYPL_TOKEN, or keeps one in the project's .synergypl-token file")
+        if len(self.token) < 8:
+            raise SettingsError("the token is too short: use at least 8 characters")
+        if not (self.token.isascii() and self.token.isprintable()) or any(ch.isspace() for ch in self.token):
+            raise SettingsError("the token must be printable ASCII without spaces (it travels in an HTTP header)")
+        if self.loopback_without_token and not is_loopback(self.host):
+            raise SettingsError(f"--loopback-without-token is only allowed when listening on 127.0.0.1 or ::1, "
+                                f"not {self.host}")
+        return self
+
+    def check_project(self) -> None:
+        """Raise :class:`SettingsError` unless ``project`` is a SynergyPL project folder."""
         if not (self.project / "project.yaml").exists() and not (self.project / "project.json").exists():
             raise SettingsError(f"{self.project} is not a SynergyPL project (no project.yaml); "
                                 "create one with `synergypl init`")
-        if not is_loopback(self.host) and not self.token:
-            raise SettingsError(
-                f"refusing to listen on {self.host} without a token: anyone on the network could read and "
-                "change the project. Pass --token (or set SYNERGYPL_TOKEN), or bind to 127.0.0.1.")
-        if self.token_everywhere and not self.token:
-            raise SettingsError("--token-everywhere needs a token (--token or SYNERGYPL_TOKEN)")
-        if self.token is not None and len(self.token) < 8:
-            raise SettingsError("the token is too short: use at least 8 characters")
-        return self
+
+    @property
+    def token_required_on_loopback(self) -> bool:
+        return self.token_everywhere or not self.loopback_without_token
+
+    def host_names(self) -> frozenset[str]:
+        """Host names (lower case, no port) a request may name besides IP addresses: localhost, the
+        bound address and ``allowed_hosts``."""
+        names = {"localhost", self.host.lower().strip("[]")}
+        names.update(h.lower().strip().strip("[]") for h in self.allowed_hosts if h.strip())
+        return frozenset(names)
 
     @staticmethod
     def token_from_env() -> str | None:
         return os.environ.get("SYNERGYPL_TOKEN") or None
+
+    @staticmethod
+    def allowed_hosts_from_env() -> tuple[str, ...]:
+        """``SYNERGYPL_ALLOWED_HOSTS``: comma-separated Host names."""
+        return tuple(h.strip() for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from SynergyPLLib.client import SynergyPLClient
+from SynergyPLLib.client import SynergyPLClient, token_for_project
 from SynergyPLLib.engine.io import Volume, read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,8 @@ def server_env(extra: dict | None = None) -> dict:
     env = dict(os.environ)
     env.update({"SYNERGYPL_THREADS": "1", "SYNERGYPL_DEVICE": "cpu", "OMP_NUM_THREADS": "1",
                 "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env.pop("SYNERGYPL_FAULTS", None)
+    for name in ("SYNERGYPL_FAULTS", "SYNERGYPL_TOKEN", "SYNERGYPL_ALLOWED_HOSTS"):
+        env.pop(name, None)
     env.update(extra or {})
     return env
 
@@ -60,19 +61,25 @@ class Server:
         return f"http://{host}:{self.port}"
 
     def client(self, token: str | None = None, timeout: float = 60.0) -> SynergyPLClient:
-        return SynergyPLClient(self.url, token=token if token is not None else self.token, timeout=timeout)
+        """A client as a user on this machine makes it: with the given token, else the one the server
+        was started with, else the project's token file (``project=``, as the panel and CLI do)."""
+        token = token if token is not None else self.token
+        return SynergyPLClient(self.url, token=token, timeout=timeout, project=self.project)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The token header for raw HTTP requests (read from the project's token file, like the client)."""
+        return {"Authorization": f"Bearer {self.token or token_for_project(self.project)}"}
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "SynergyPLLib.cli", "serve", "--project", str(self.project),
-               "--host", self.host, "--port", str(self.port), "--log-level", "warning", *self.args]
-        if self.token:
-            cmd += ["--token", self.token]
-        return cmd
+        """The serve command line; a token is passed in SYNERGYPL_TOKEN (never on the command line)."""
+        return [sys.executable, "-m", "SynergyPLLib.cli", "serve", "--project", str(self.project),
+                "--host", self.host, "--port", str(self.port), "--log-level", "warning", *self.args]
 
     def start(self, timeout: float = 60.0) -> Server:
         log = open(self.log_path, "ab")
+        env = server_env({**({"SYNERGYPL_TOKEN": self.token} if self.token else {}), **self.env})
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env=server_env(self.env), start_new_session=True)
+                                     env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         probe = SynergyPLClient(self.url, token=self.token, timeout=2)
@@ -108,6 +115,36 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def raw_request(port: int, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> tuple[int, dict]:
+    """One HTTP request with exactly ``headers`` (a given ``Host`` replaces http.client's own), as a
+    browser or an attacker would send it; returns (status, JSON body or {"text": ...})."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        out = json.loads(data) if data else {}
+    except ValueError:
+        out = {"text": data.decode(errors="replace")}
+    return resp.status, out if isinstance(out, dict) else {"items": out}
+
+
+def form_body(fields: dict, files: dict | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body (what an HTML form posts): (bytes, content type)."""
+    from SynergyPLLib.client.transport import FilePart, multipart
+
+    parts = [FilePart(name, filename, data=data) for name, (filename, data) in (files or {}).items()]
+    ctype, _length, chunks = multipart(fields, parts)
+    return b"".join(chunks), ctype
 
 
 def make_project(dest: Path, data: Path, cases: int = 8, labeled: int = 4, **kw) -> Path:

@@ -222,6 +222,7 @@ def _multipart(fields: dict) -> tuple[bytes, str]:
 
 def _raw(srv, method, path, body=None, chunks=None, headers=None) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    headers = {**srv.auth_headers(), **(headers or {})}
     try:
         if chunks is not None:
             conn.putrequest(method, path, skip_accept_encoding=True)

@@ -28,7 +28,7 @@ class Block:
             raise ImportError("blocked in this test: " + name)
 sys.meta_path.insert(0, Block())
 from SynergyPLLib.client import SynergyPLClient, ConflictError
-c = SynergyPLClient({url!r})
+c = SynergyPLClient({url!r}, project={project!r})  # the token from the project's token file
 info = c.info()
 assert info["classes"][0]["name"] == "Anterior", info
 cases = c.list_cases()
@@ -67,7 +67,7 @@ def test_client_runs_without_heavy_packages_on_311_and_312(project):
         versions = []
         for py in pythons:
             env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-            r = subprocess.run([py, "-I", "-c", SCRIPT.format(repo=str(REPO), url=srv.url)], capture_output=True,
+            r = subprocess.run([py, "-I", "-c", SCRIPT.format(repo=str(REPO), url=srv.url, project=str(project))], capture_output=True,
                                text=True, timeout=120, env=env)
             assert r.returncode == 0, (py, r.stdout, r.stderr)
             assert r.stdout.startswith("OK")

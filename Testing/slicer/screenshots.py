@@ -241,7 +241,7 @@ def render_panel(ui_file: Path, state: dict, path: Path, width: int = 400) -> Pa
 # ------------------------------------------------------------------------------------------------
 # The session the pictures show
 # ------------------------------------------------------------------------------------------------
-def run_session(url: str, image: Path, out: Path, size: int = 360) -> list[Path]:
+def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path | None = None) -> list[Path]:
     """Upload + pseudo-label ``image`` with the panel's logic, then render the views and the panel."""
     from SynergyPLModuleLib import mrml
     from SynergyPLModuleLib.logic import LabelingLogic
@@ -251,7 +251,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360) -> list[Path]
     statuses = []
     logic.status.connect(statuses.append)
     logic.error.connect(lambda action, message: statuses.append(f"ERROR {action}: {message}"))
-    logic.configure(url)
+    logic.configure(url, project=project)  # the server's token from its project folder
     volume = mrml.read_volume_file(image, scene=app.scene)
     produced = {}
     logic.pseudo_label(volume, opacity=0.6, then=lambda seg, heat: produced.update(seg=seg, heat=heat))
@@ -333,11 +333,12 @@ def run_session(url: str, image: Path, out: Path, size: int = 360) -> list[Path]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="a SynergyPL server with a trained model")
+    parser.add_argument("--project", type=Path, default=None, help="the server's project folder (for its token)")
     parser.add_argument("--image", required=True, type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "Resources" / "Screenshots")
     parser.add_argument("--size", type=int, default=360)
     args = parser.parse_args(argv)
-    for path in run_session(args.url, args.image, args.out, args.size):
+    for path in run_session(args.url, args.image, args.out, args.size, args.project):
         print(f"{path}  {path.stat().st_size // 1024} KB")
     return 0
 

@@ -47,17 +47,18 @@ def live_server(hippocampus_dir, tmp_path_factory):
                                 "--port", str(port), "--log-level", "warning"],
                                env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    client = SynergyPLClient(url, timeout=10)
+    probe = SynergyPLClient(url, timeout=10)  # /api/health needs no token
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                client.health()
+                probe.health()
                 break
             except Exception:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start: {(root / 'serve.log').read_text()[-2000:]}") from None
                 time.sleep(0.5)
+        client = SynergyPLClient(url, timeout=10, project=project)  # its token, as the panel reads it
         job = client.train(iterations=INITIAL_ITERATIONS)
         client.wait_job(job["id"], timeout=1800)
         yield url, project
@@ -83,15 +84,15 @@ def _wait(logic: LabelingLogic, timeout: float = 600.0) -> bool:
 
 
 def test_labeling_loop_against_a_live_server(live_server, logic, mrml_env, hippocampus_dir, tmp_path):
-    url, _project = live_server
-    logic.configure(url)
+    url, project = live_server
+    logic.configure(url, project=project)
     image_path = hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz"
     volume = mrml.read_volume_file(image_path, scene=mrml_env.scene)
     started = time.monotonic()
     out = selftest.run_labeling_loop(logic, volume, tmp_path / "export", lambda t: _wait(logic, t),
                                      retrain_iterations=2, log=lambda m: print(f"{time.monotonic() - started:7.1f} s  {m}"))
     record = out["recorder"]
-    client = SynergyPLClient(url)
+    client = SynergyPLClient(url, project=project)
 
     # Every action ended with busy False, and there were no errors.
     assert record.errors == []
@@ -141,8 +142,8 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     from SynergyPLLib.engine.inference import flag_regions
     from SynergyPLLib.engine.io import Volume
 
-    url, _ = live_server
-    logic.configure(url)
+    url, project = live_server
+    logic.configure(url, project=project)
     volume = mrml.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
     got: dict = {}
     logic.pseudo_label(volume, then=lambda seg, heat: got.update(seg=seg, heat=heat))
@@ -173,8 +174,8 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
 
 def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env, dicom_dir, tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    url, _ = live_server
-    logic.configure(url)
+    url, project = live_server
+    logic.configure(url, project=project)
     series = sorted((dicom_dir / "Study1" / "13_HCropVolume").glob("*.dcm"))
     volume = mrml.read_volume_file(series[0], name="HCrop DICOM", scene=mrml_env.scene)
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in series}
@@ -193,7 +194,7 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     logic.submit(volume, segmentation, author="dicom test", then=submitted.append)
     assert _wait(logic, 120) and not errors, errors
     case_id = mrml.case_id(volume)
-    case = SynergyPLClient(url).get_case(case_id)
+    case = SynergyPLClient(url, project=project).get_case(case_id)
     assert case["has_dicom"] and case["source_format"] != "nrrd"
 
     logic.export(volume, segmentation, "dicom-seg", tmp_path)
@@ -206,15 +207,15 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     assert seg.Modality == "SEG"
     assert len(seg.SegmentSequence) == 2
     # The server's copy of the label matches Slicer's segmentation voxel for voxel.
-    server_label = read_volume(SynergyPLClient(url).download_label(case_id, "latest", tmp_path / "l.nrrd"),
+    server_label = read_volume(SynergyPLClient(url, project=project).download_label(case_id, "latest", tmp_path / "l.nrrd"),
                                allow_constant=True)
     mapper = grids.array_mapper(mrml.ijk_to_ras(volume), label.shape, *grids.case_grid(case))
     assert np.array_equal(server_label.array, mapper(label))
 
 
 def test_refused_input_and_cancel_leave_buttons_enabled(live_server, logic, mrml_env):
-    url, _ = live_server
-    logic.configure(url)
+    url, project = live_server
+    logic.configure(url, project=project)
     record = selftest.Recorder(logic)
     flat = mrml.add_volume_from_array(np.full((8, 9, 10), 7, np.int16), np.eye(4), "constant", scene=mrml_env.scene)
     logic.upload(flat)
@@ -232,7 +233,7 @@ def test_refused_input_and_cancel_leave_buttons_enabled(live_server, logic, mrml
     assert _wait(logic, 300)
     assert not logic.is_busy("train") and record.busy[-1] == ("train", False)
     assert any("cancel" in s.lower() for s in record.statuses[-3:]) or record.errors
-    jobs = SynergyPLClient(url).jobs(kind="train", limit=1)
+    jobs = SynergyPLClient(url, project=project).jobs(kind="train", limit=1)
     assert jobs[0]["status"] in ("cancelled", "done")
 
 

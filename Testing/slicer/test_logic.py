@@ -121,6 +121,7 @@ def test_local_server_command(tmp_path, monkeypatch):
     assert "secret-token" not in " ".join(command.as_list())
     assert command.environment["SYNERGYPL_TOKEN"] == "secret-token"
     assert command.url == "http://127.0.0.1:8800"
+    assert command.project == str(tmp_path)  # where the panel reads the server's token from
     with pytest.raises(server.ServerConfigError, match="Python interpreter"):
         server.serve_command(str(tmp_path / "nope"), tmp_path)
     assert 0 < server.free_port(0) < 65536
