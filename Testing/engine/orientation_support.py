@@ -33,22 +33,35 @@ def axcodes(img: sitk.Image) -> str:
     return axcodes_of(np.array(img.GetDirection()))
 
 
-def oblique(img: sitk.Image, degrees: float = 20.0, axis=(0.3, 0.2, 1.0)) -> sitk.Image:
-    """``img`` resampled (linear) onto a grid rotated by ``degrees`` about ``axis`` through its centre,
-    large enough to hold the whole image."""
-    rot = sitk.VersorTransform(tuple(float(a) for a in np.asarray(axis) / np.linalg.norm(axis)),
-                               float(np.deg2rad(degrees)))
-    r = np.array(rot.GetMatrix()).reshape(3, 3)
+def rotation(degrees: float, axis=(0.3, 0.2, 1.0)) -> np.ndarray:
+    """The 3x3 rotation by ``degrees`` about ``axis``."""
+    versor = sitk.VersorTransform(tuple(float(a) for a in np.asarray(axis) / np.linalg.norm(axis)),
+                                  float(np.deg2rad(degrees)))
+    return np.array(versor.GetMatrix()).reshape(3, 3)
+
+
+def oblique(img: sitk.Image, degrees: float = 20.0, axis=(0.3, 0.2, 1.0), expand: bool = False) -> sitk.Image:
+    """``img`` resampled (linear) onto a grid of the same spacing rotated by ``degrees`` about ``axis``
+    through its centre: of the same size (corners outside the image take its minimum), or with ``expand``
+    large enough to hold the whole image (more background around it)."""
+    r = rotation(degrees, axis)
     direction = r @ np.array(img.GetDirection()).reshape(3, 3)
     spacing = np.array(img.GetSpacing())
     size = np.array(img.GetSize())
     centre = np.array(img.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist()))
-    extent = np.abs(r) @ (size * spacing)  # the rotated box's bounding size along the new axes
-    new_size = np.ceil(extent / spacing).astype(int) + 2
+    new_size = np.ceil(np.abs(r) @ (size * spacing) / spacing).astype(int) + 2 if expand else size
     origin = centre - direction @ (spacing * (new_size - 1) / 2)
     return sitk.Resample(img, new_size.tolist(), sitk.Transform(), sitk.sitkLinear, origin.tolist(),
                          spacing.tolist(), direction.flatten().tolist(), float(np.min(sitk.GetArrayViewFromImage(img))),
                          img.GetPixelID())
+
+
+def tilted(img: sitk.Image, degrees: float = 10.0, axis=(0.3, 0.2, 1.0)) -> sitk.Image:
+    """The same voxels with an oblique direction matrix (rotated about the first voxel): another
+    physical image, whose reorderings are then all the same oblique image."""
+    out = sitk.Image(img)
+    out.SetDirection((rotation(degrees, axis) @ np.array(img.GetDirection()).reshape(3, 3)).flatten().tolist())
+    return out
 
 
 def on_grid(label: sitk.Image, reference: sitk.Image) -> np.ndarray:

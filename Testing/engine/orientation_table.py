@@ -51,7 +51,8 @@ def measure(predictor: Predictor, image: Path, truth: Path, tmp: Path) -> dict:
     base = on_grid(predict_label(predictor, ref, tmp, "as_stored"), ref)
     row = {"as stored (RAS)": {"differing": 0, "dice": dice(base, gt)}}
     variants = {name: reordered(ref, *order) for name, order in NAMED.items()}
-    variants["oblique 20 deg"] = oblique(ref)
+    variants["oblique 20 deg"] = oblique(ref, expand=True)
+    variants["oblique 20 deg, same size"] = oblique(ref)
     for name, img in variants.items():
         lab = on_grid(predict_label(predictor, img, tmp, "v"), ref)
         row[name] = {"codes": axcodes(img), "differing": int((lab != base).sum()), "dice": dice(lab, gt)}
