@@ -13,16 +13,41 @@ from pathlib import Path
 from typing import Any
 
 METHODS = ("supervised", "mean_teacher", "sgrs", "synergypl", "full")
+DEFAULT_ORIENTATION = "RAS"
+_AXIS_PAIRS = ("LR", "PA", "IS")
+
+
+def check_axcodes(codes: str | None) -> str | None:
+    """``codes`` upper-cased when it names each patient axis once (e.g. "RAS", "LPS", "PIR"), else ValueError.
+
+    None passes through: it means "keep the file's voxel order" (see :class:`PreprocessConfig`).
+    """
+    if codes is None:
+        return None
+    text = str(codes).upper()
+    axes = sorted(next((i for i, pair in enumerate(_AXIS_PAIRS) if c in pair), -1) for c in text)
+    if len(text) != 3 or axes != [0, 1, 2]:
+        raise ValueError(f"orientation {codes!r} must be three axis codes naming each of L/R, P/A, I/S once "
+                         "(e.g. 'RAS' or 'LPS'), or null")
+    return text
 
 
 @dataclass
 class PreprocessConfig:
     """How an image is brought to the network's grid and intensity range (all invertible)."""
 
-    orientation: str | None = None  # e.g. "RAS"; None keeps the file's voxel order
+    # The voxel order the network sees (MONAI Orientation); predictions are mapped back to the input's own
+    # voxel order and geometry. A fixed order makes predictions independent of how a file stores its
+    # voxels (DICOM series are usually LPS, NIfTI files RAS). None keeps the file's voxel order: the
+    # network then sees a mirrored or transposed image whenever a file is stored differently from the
+    # training images (the default before checkpoints recorded an orientation; see docs/orientation.md).
+    orientation: str | None = DEFAULT_ORIENTATION
     spacing: tuple[float, float, float] | None = None  # mm; None keeps the file's spacing
     intensity: str = "zscore"  # "zscore" (per image, nonzero voxels) | "percentile" | "none"
     percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        self.orientation = check_axcodes(self.orientation)
 
 
 @dataclass

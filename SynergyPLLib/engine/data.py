@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -84,8 +85,22 @@ def load_decathlon(folder: str | Path) -> tuple[list[str], list[CaseSpec]]:
     return classes, cases
 
 
+def axcodes_of(direction) -> str:
+    """The patient axis each voxel axis runs toward (e.g. "RAS", "LPS") for an ITK/LPS direction matrix.
+
+    The same nearest-axis rule as MONAI's ``Orientation`` (nibabel's ``io_orientation``), so two images with
+    equal codes are given to the network in the same voxel order.
+    """
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(direction, dtype=float).reshape(3, 3)
+    return "".join(nib.aff2axcodes(affine))
+
+
 class Preprocessor:
     """Orientation, spacing and intensity normalisation (MONAI), invertible for spatial outputs.
+
+    With ``orientation`` set (the default, "RAS") every image reaches the network in that voxel order,
+    whatever order its file stores, and ``invert`` brings outputs back to the file's own order and grid.
 
     ``image(vol)`` returns a MetaTensor (1, I', J', K'); ``label(vol)`` the matching label grid;
     ``invert(tensor, like)`` maps a (C, I', J', K') output back onto the original voxel grid.
@@ -109,7 +124,8 @@ class Preprocessor:
     def _spatial(cfg: PreprocessConfig, mode: str) -> Compose | None:
         steps = []
         if cfg.orientation:
-            steps.append(Orientation(axcodes=cfg.orientation))
+            # labels: the MetaTensor's affine is RAS (see _meta), so "RAS" means what it says
+            steps.append(Orientation(axcodes=cfg.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if cfg.spacing:
             steps.append(Spacing(pixdim=cfg.spacing, mode=mode))
         return Compose(steps) if steps else None

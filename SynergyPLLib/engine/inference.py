@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .config import EngineConfig
+from .config import EngineConfig, check_axcodes
 from .data import Preprocessor
 from .io import Volume
 from .model import default_device, load_checkpoint, network_from_checkpoint
@@ -157,6 +158,19 @@ def flag_regions(heatmap: Volume, label: Volume, classes: list[str], threshold: 
     return out
 
 
+class OrientationWarning(UserWarning):
+    """A model whose predictions depend on how the input's voxels are stored."""
+
+
+def legacy_orientation_message(path: str | Path) -> str:
+    """What a user is told about a checkpoint saved without ``preprocess.orientation``."""
+    return (f"{path}: this model was saved without a preprocessing orientation (SynergyPL before "
+            "orientation-independent prediction): it sees every image in the file's own voxel order, so a volume "
+            "stored differently from its training images (e.g. a DICOM series, LPS, for a model trained on RAS "
+            "NIfTI files) gets a mirrored, wrong label. Retrain it, or load it with legacy_orientation set to the "
+            "axis codes its training images shared (e.g. 'RAS' for the hippocampus NIfTIs). See docs/orientation.md.")
+
+
 class Predictor:
     """A trained model ready to predict: network, preprocessing, temperature and mixing references."""
 
@@ -175,10 +189,28 @@ class Predictor:
         self.info = info or {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None) -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str | None = None, *,
+                        legacy_orientation: str | None = None) -> Predictor:
+        """Load ``model.pt``.
+
+        A checkpoint saved without ``preprocess.orientation`` (None) was trained on its files' voxel order.
+        ``legacy_orientation``, the axis codes its training images shared, makes it orientation-independent
+        without changing what it saw: an input stored that way is left as it is (the same label as before),
+        any other is reordered to it first. Without it the model keeps the file's voxel order and an
+        :class:`OrientationWarning` (also in ``info["warnings"]``) says so.
+        """
         ckpt = load_checkpoint(path)
         net, cfg = network_from_checkpoint(ckpt)
         info = {"checkpoint": str(path), "iteration": ckpt.get("iteration"), **ckpt.get("metrics", {})}
+        if cfg.preprocess.orientation is None:
+            if legacy_orientation is not None:
+                cfg.preprocess.orientation = check_axcodes(legacy_orientation)
+                info["orientation_source"] = "legacy checkpoint: the voxel order its training images shared"
+            else:
+                msg = legacy_orientation_message(path)
+                warnings.warn(msg, OrientationWarning, stacklevel=2)
+                info["warnings"] = [msg]
+        info["orientation"] = cfg.preprocess.orientation
         return cls(net, cfg, ckpt.get("temperature", 1.0), ckpt.get("mix_references"), device, info)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from SynergyPLLib.engine.model import default_device
 
 from . import faults
 from .db import Case, Job, ModelVersion, Prediction, now
+from .model_orientation import load_predictor
 from .registry import active_version
 from .store import publish_dir
 from .worker_io import Control, finish
@@ -41,7 +42,7 @@ class PredictRunner:
                 if mv is None:
                     raise ValueError(f"model version {version} does not exist")
                 path = self.ws.abs(mv.path)
-            self._cache = (version, Predictor.from_checkpoint(path, device=self.device))
+            self._cache = (version, load_predictor(self.ws, version, path, self.device))
         return self._cache[1]
 
     def run(self, job: Job) -> None:

@@ -97,9 +97,16 @@ class ProjectConfig(BaseModel):
         return [self.background] + [c.name for c in self.classes]
 
     def engine_config(self) -> EngineConfig:
-        """The engine configuration with this project's classes."""
+        """The engine configuration with this project's classes.
+
+        ``preprocess.orientation: null`` is what ``synergypl init`` wrote before prediction became
+        orientation-independent; a project always trains in a fixed voxel order, so null takes the default.
+        """
         d = dict(self.engine)
         d["classes"] = self.class_names()
+        pre = d.get("preprocess")
+        if isinstance(pre, dict) and "orientation" in pre and pre["orientation"] is None:
+            d["preprocess"] = {k: v for k, v in pre.items() if k != "orientation"}
         return EngineConfig.from_dict(d)
 
     def database_url(self, root: Path) -> str:

@@ -24,6 +24,7 @@ from SynergyPLLib.engine.trainer import ProgressEvent, train
 
 from . import faults
 from .db import Job, ModelVersion, now
+from .model_orientation import is_legacy_checkpoint, training_orientation
 from .registry import active_version, register
 from .store import atomic_write_bytes, sha256_file
 from .training_data import select_cases
@@ -74,6 +75,9 @@ class TrainRunner:
             with ws.db.Session() as s:
                 mv = s.get(ModelVersion, init_model)
                 init_ckpt = ws.abs(mv.path) if mv is not None else None
+            if init_ckpt is not None and is_legacy_checkpoint(init_ckpt):
+                # its weights expect its training images' voxel order: fine-tune (orientation-independent) there
+                cfg.preprocess.orientation = training_orientation(ws, init_model) or cfg.preprocess.orientation
         out_dir = ws.abs(params["out_dir"])
         resume = bool(params.get("resume")) and (out_dir / "state.pt").exists()
 
