@@ -49,7 +49,8 @@ from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_sum
 from SynergyPLModuleLib.server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
 from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
-from SynergyPLModuleLib.tasks import TaskRunner  # noqa: E402
+from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, TaskRunner  # noqa: E402
+from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
 SETTINGS_PREFIX = "SynergyPL/"
 
@@ -149,7 +150,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SynergyPLLogic()
         self.labeling = self.logic.labeling
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)  # also when worker threads get the GIL in Slicer
         self.pollTimer.timeout.connect(self.labeling.runner.poll)
         self.labeling.runner.busy_changed.connect(self._onRunnerBusy)
         self.labeling.runner.unhandled_error.connect(lambda name, exc: self._showError(name, str(exc)))
@@ -220,7 +221,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import importlib
 
         for name in ("signals", "tasks", "grids", "regions", "mrml", "messages", "server", "server_process",
-                     "logic", "selftest"):
+                     "transfers", "logic", "selftest"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -663,7 +664,9 @@ class SynergyPLLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.labeling = LabelingLogic(runner=TaskRunner())
+        runner = TaskRunner()
+        # Volumes move in a helper process started by the GUI thread: fast despite Slicer's GIL.
+        self.labeling = LabelingLogic(runner=runner, client_factory=panel_client_factory(runner))
 
     def getParameterNode(self):
         return SynergyPLParameterNode(super().getParameterNode())

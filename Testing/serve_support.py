@@ -48,11 +48,12 @@ def init_project(python: str, dest: Path, data: Path, cases: int = 2) -> Path:
     return dest
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0) -> bool:
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 90.0,
+                 token: str | None = None) -> bool:
     """True once ``url`` answers /api/health; False if ``proc`` exits first or time runs out."""
     from SynergyPLLib.client import SynergyPLClient
 
-    probe = SynergyPLClient(url, timeout=2)
+    probe = SynergyPLClient(url, token=token, timeout=2)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
