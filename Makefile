@@ -49,7 +49,7 @@ test-pythons: setup
 	  py=$$($(FIND_PYTHON) $$v) || { echo "== Python $$v not found (pyenv at $${PYENV_ROOT:-~/.pyenv}?): its tests are SKIPPED"; continue; }; \
 	  $(MAKE) --no-print-directory .venv-py$$v/.installed PY=$$py || exit 1; \
 	  echo "== portable tests on $$($$py -V)"; \
-	  PYTHONPATH=$(CURDIR):$(CURDIR)/SynergyPL SYNERGYPL_SERVER_PYTHON=$(CURDIR)/$(BIN)/python \
+	  PYTHONPATH=$(CURDIR):$(CURDIR)/SynergyPL SYNERGYPL_SERVER_PYTHON=$(abspath $(BIN))/python \
 	    .venv-py$$v/bin/python -m pytest -m "portable and not slow" -p no:cacheprovider $(PORTABLE_TESTS) || exit 1; \
 	done
 

@@ -23,8 +23,11 @@ def server_python() -> str | None:
     configured = os.environ.get("SYNERGYPL_SERVER_PYTHON")
     candidates = [configured] if configured else [sys.executable]
     for python in candidates:
-        probe = subprocess.run([python, "-c", "import fastapi, torch, SynergyPLLib.service"], cwd=REPO,
-                               capture_output=True, timeout=120)
+        try:
+            probe = subprocess.run([python, "-c", "import fastapi, torch, SynergyPLLib.service"], cwd=REPO,
+                                   capture_output=True, timeout=120)
+        except OSError:
+            continue
         if probe.returncode == 0:
             return python
     return None

@@ -114,10 +114,7 @@ def find_python(configured: str | None = None, environment: Mapping[str, str] | 
         if not path.is_file():
             raise ServerConfigError(f"Python interpreter {path} does not exist; choose the Python of the "
                                     f"environment where SynergyPL is installed ({INSTALL_HINT}).")
-        if not os.access(path, os.X_OK):
-            raise ServerConfigError(f"{path} is not executable; choose the Python of the environment where "
-                                    f"SynergyPL is installed ({INSTALL_HINT}).")
-        return str(path)
+        return str(path)  # one that cannot run is reported by the process's FailedToStart
     environment = os.environ if environment is None else environment
     roots = slicer_roots(environment, slicer_home)
     folders = [f for f in environment.get("PATH", "").split(os.pathsep) if f and not _inside(f, roots)]
