@@ -34,10 +34,10 @@ lint: setup lint-slicer
 # Nothing newer than Python 3.9 in the code Slicer imports: syntax (compiled by a real 3.9, and ruff's
 # py39 target in pyproject.toml) and library features such as zip(strict=) (vermin).
 lint-slicer: setup
-	$(BIN)/vermin --target=3.9- --violations --no-tips -q $(SLICER_CODE)
-	@py=$$($(FIND_PYTHON) 3.9) || { echo "== lint-slicer: no Python 3.9 found (pyenv at $${PYENV_ROOT:-~/.pyenv}?): compile check skipped"; exit 0; }; \
+	@py=$$($(FIND_PYTHON) 3.9) || { echo "== lint-slicer: no Python 3.9 found (pyenv at $${PYENV_ROOT:-~/.pyenv}?): compile check SKIPPED"; exit 0; }; \
 	echo "== lint-slicer: compiling the code Slicer imports with $$py"; \
 	find $(SLICER_CODE) -name '*.py' -print | xargs $$py -c 'import sys; [compile(open(f, encoding="utf-8").read(), f, "exec", dont_inherit=True) for f in sys.argv[1:]]'
+	$(BIN)/vermin --target=3.9- --violations --no-tips -q $(SLICER_CODE)
 
 test: setup lint
 	$(BIN)/pytest

@@ -63,6 +63,8 @@ def _startupEnvironment() -> dict:
         return dict(slicer.util.startupEnvironment())
     except (AttributeError, RuntimeError):
         return dict(os.environ)
+
+
 ERROR_STYLE = "color: #c0392b; font-weight: bold;"
 
 
@@ -363,6 +365,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, value in command.environment.items():
             environment.insert(key, value)
         process.setProcessEnvironment(environment)
+        # `python -m` puts the working directory first on sys.path: the project folder, not Slicer's.
+        process.setWorkingDirectory(str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
         process.readyReadStandardOutput.connect(self._onServerOutput)
         process.connect("errorOccurred(QProcess::ProcessError)", self._onServerError)
         process.connect("finished(int,QProcess::ExitStatus)", self._onServerFinished)

@@ -34,6 +34,7 @@ _log = logging.getLogger(__name__)
 # How often the panel's QTimer calls TaskRunner.poll while work runs: each tick is also when worker
 # threads get the GIL inside Slicer, so it bounds how fast they advance.
 POLL_INTERVAL_MS = 20
+HANDOVER_SECONDS = 0.02  # longest the GUI thread waits for a worker to take a finished process's answer
 
 
 class TaskCancelled(Exception):
@@ -108,6 +109,7 @@ class _ProcessRequest:
     env: dict
     stdin: bytes
     done: threading.Event = field(default_factory=threading.Event)
+    resumed: threading.Event = field(default_factory=threading.Event)
     popen: subprocess.Popen | None = None
     returncode: int | None = None
     stdout: bytes = b""
@@ -145,6 +147,7 @@ class ProcessLauncher:
         request = _ProcessRequest(list(argv), dict(env), bytes(stdin))
         self._pending.put(request)
         request.done.wait()
+        request.resumed.set()
         if request.error is not None:
             raise request.error
         return int(request.returncode), request.stdout
@@ -203,6 +206,7 @@ class ProcessLauncher:
                     self._make_ready(request)
                 continue
             self._start(request)
+        finished = []
         for request in list(self._running):
             code = request.popen.poll()
             if code is None:
@@ -211,8 +215,13 @@ class ProcessLauncher:
             request.returncode, request.stdout = code, request.popen.stdout.read()
             request.popen.stdout.close()
             request.done.set()
-            if not self._running:
-                self._make_ready(request)
+            finished.append(request)
+        for request in finished:
+            # Hand the GIL to the waiting worker now (inside Slicer it would otherwise wait for the next
+            # tick): it takes the answer and, mostly, finishes its task before this poll delivers.
+            request.resumed.wait(HANDOVER_SECONDS)
+        if finished and not self._running:
+            self._make_ready(finished[-1])
 
     @property
     def busy(self) -> bool:
