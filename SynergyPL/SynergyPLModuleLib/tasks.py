@@ -163,21 +163,25 @@ class ProcessLauncher:
 
     def _start(self, request: _ProcessRequest) -> None:
         ready = self._ready.pop(request.key, None)
-        for popen in ([ready] if ready is not None and ready.poll() is None else []) + [None]:
+        candidates = [ready] if ready is not None and ready.poll() is None else []
+        candidates.append(None)  # a fresh process
+        for last, popen in enumerate(candidates, start=1 - len(candidates)):
             try:
                 popen = popen or self._spawn(request.argv, request.env)
                 popen.stdin.write(request.stdin)
                 popen.stdin.close()
-            except BrokenPipeError:  # the one started ahead had died: start a fresh one
-                popen.kill()
+            except OSError as exc:  # BrokenPipeError: the one started ahead had died
+                if popen is not None:
+                    popen.kill()
+                    popen.wait()
+                if last == 0 or not isinstance(exc, BrokenPipeError):
+                    request.error = exc
+                    request.done.set()
+                    return
                 continue
-            except OSError as exc:
-                request.error = exc
-                request.done.set()
-                return
             request.popen = popen
             self._running.append(request)
-            break
+            return
 
     def _make_ready(self, request: _ProcessRequest) -> None:
         """One process started ahead, for the latest command line."""
@@ -228,7 +232,9 @@ class ProcessLauncher:
         return bool(self._running) or not self._pending.empty()
 
     def kill_all(self) -> None:
-        """Stop every child (Slicer exits, the module is reloaded); their workers get an error."""
+        """Stop every child (Slicer exits, the module is reloaded); their workers get an error. No
+        process is started ahead afterwards."""
+        self.keep_ready = False
         for popen in list(self._ready.values()) + [r.popen for r in self._running]:
             popen.kill()
             popen.wait()

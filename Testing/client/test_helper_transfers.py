@@ -120,25 +120,45 @@ def test_subprocess_launcher_and_a_missing_python(served, tmp_path):
         broken.download_image(case_id, tmp_path / "t.nrrd")
 
 
-def test_process_launcher_keeps_one_ready_and_shutdown_stops_it():
+def _run_on_worker(launcher: ProcessLauncher, argv, stdin: bytes):
+    """``launcher.run`` on a worker thread while this (polling) thread polls, as in the panel."""
+    import threading
+
+    result = {}
+
+    def work():
+        try:
+            result["out"] = launcher.run(argv, dict(os.environ), stdin)
+        except OSError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    while worker.is_alive():
+        launcher.poll()
+        worker.join(0.01)
+    return result
+
+
+def test_process_launcher_keeps_one_ready_replaces_a_dead_one_and_shutdown_stops_it(tmp_path):
+    import sys
+
     launcher = ProcessLauncher()
-    argv = [os.environ.get("PYTHON_FOR_TEST") or __import__("sys").executable, "-c",
-            "import sys; data = sys.stdin.read(); print(data.upper())"]
+    argv = [sys.executable, "-c", "import sys; data = sys.stdin.read(); print(data.upper())"]
     launcher.prepare(argv, dict(os.environ))
     launcher.poll()
     assert len(launcher._ready) == 1
     ready = next(iter(launcher._ready.values()))
     assert ready.poll() is None  # waiting on stdin
-    import threading
-
-    result = {}
-    worker = threading.Thread(target=lambda: result.update(out=launcher.run(argv, dict(os.environ), b"hello")))
-    worker.start()
-    while worker.is_alive():
-        launcher.poll()
-        worker.join(0.01)
-    assert result["out"] == (0, b"HELLO\n")
+    assert _run_on_worker(launcher, argv, b"hello") == {"out": (0, b"HELLO\n")}
     assert ready.poll() == 0  # the ready process did the run ...
-    assert len(launcher._ready) == 1 and next(iter(launcher._ready.values())) is not ready  # ... and was replaced
+    again = next(iter(launcher._ready.values()))
+    assert again is not ready  # ... and was replaced
+    again.kill()
+    again.wait()
+    assert _run_on_worker(launcher, argv, b"after a death") == {"out": (0, b"AFTER A DEATH\n")}
+    missing = _run_on_worker(launcher, [str(tmp_path / "no-such-program")], b"")
+    assert isinstance(missing.get("error"), FileNotFoundError)
     launcher.kill_all()
+    launcher.poll()
     assert not launcher._ready
