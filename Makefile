@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   the main job: the headless labeling loop on the hippocampus data, report in docs/demo/
-#   make test   the test suite (what CI runs)
+#   make test   the test suite (what CI runs): lint, the suite, and the code Slicer imports on the
+#               Pythons of Slicer 5.8 (3.9) and 5.10+ (3.12)
 # Both create .venv and install everything (torch pinned to the CPU wheel) the first time.
 
 PYTHON ?= python3
@@ -8,7 +9,15 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test lint demo bench bench-latency clean
+# The code Slicer imports (the module, the client and the package file they load) must run on
+# Slicer 5.8's Python 3.9 and on 5.10+'s 3.12; the tests that need only numpy + pytest (marker
+# "portable") run there in small venvs, .venv-py3.9 and .venv-py3.12, talking to a server in .venv.
+SLICER_CODE      = SynergyPL SynergyPLLib/__init__.py SynergyPLLib/client
+SLICER_PYTHONS  ?= 3.9 3.12
+PORTABLE_TESTS   = Testing/client Testing/slicer/test_server_process.py Testing/slicer/test_regions.py
+FIND_PYTHON      = sh .ci/find_python.sh
+
+.PHONY: setup test lint lint-slicer test-pythons demo bench bench-latency clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +28,36 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
-lint: setup
+lint: setup lint-slicer
 	$(BIN)/ruff check .
+
+# Nothing newer than Python 3.9 in the code Slicer imports: syntax (compiled by a real 3.9, and ruff's
+# py39 target in pyproject.toml) and library features such as zip(strict=) (vermin).
+lint-slicer: setup
+	@py=$$($(FIND_PYTHON) 3.9) || { echo "== lint-slicer: no Python 3.9 found (pyenv at $${PYENV_ROOT:-~/.pyenv}?): compile check SKIPPED"; exit 0; }; \
+	echo "== lint-slicer: compiling the code Slicer imports with $$py"; \
+	find $(SLICER_CODE) -name '*.py' -print | xargs $$py -c 'import sys; [compile(open(f, encoding="utf-8").read(), f, "exec", dont_inherit=True) for f in sys.argv[1:]]'
+	$(BIN)/vermin --target=3.9- --violations --no-tips -q $(SLICER_CODE)
 
 test: setup lint
 	$(BIN)/pytest
+	$(MAKE) test-pythons
+
+# The portable tests on each of SLICER_PYTHONS (skipped, with a message, where the interpreter is missing).
+test-pythons: setup
+	@for v in $(SLICER_PYTHONS); do \
+	  py=$$($(FIND_PYTHON) $$v) || { echo "== Python $$v not found (pyenv at $${PYENV_ROOT:-~/.pyenv}?): its tests are SKIPPED"; continue; }; \
+	  $(MAKE) --no-print-directory .venv-py$$v/.installed PY=$$py || exit 1; \
+	  echo "== portable tests on $$($$py -V)"; \
+	  PYTHONPATH=$(CURDIR):$(CURDIR)/SynergyPL SYNERGYPL_SERVER_PYTHON=$(abspath $(BIN))/python \
+	    .venv-py$$v/bin/python -m pytest -m "portable and not slow" -p no:cacheprovider $(PORTABLE_TESTS) || exit 1; \
+	done
+
+.venv-py%/.installed:
+	rm -rf .venv-py$*
+	$(PY) -m venv .venv-py$*
+	.venv-py$*/bin/python -m pip install -q "numpy>=1.24" "pytest>=8" "pytest-timeout>=2.2"
+	touch $@
 
 demo: setup
 	$(BIN)/synergypl demo --out docs/demo
@@ -36,4 +70,4 @@ bench-latency: setup
 	$(BIN)/synergypl bench-latency --shape 256 256 128 --out docs/benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-py* .pytest_cache .ruff_cache *.egg-info

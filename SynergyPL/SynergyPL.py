@@ -47,9 +47,24 @@ from SynergyPLModuleLib import mrml  # noqa: E402
 from SynergyPLModuleLib import regions as flagged  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
 from SynergyPLModuleLib.server import ServerConfigError, free_port, serve_command  # noqa: E402
-from SynergyPLModuleLib.tasks import TaskRunner  # noqa: E402
+from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
+from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
+from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, TaskRunner  # noqa: E402
+from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
 SETTINGS_PREFIX = "SynergyPL/"
+
+
+def _startupEnvironment() -> dict:
+    """The environment Slicer was started with (before its launcher set PYTHONHOME, PYTHONPATH,
+    LD_LIBRARY_PATH...): ``slicer.util.startupEnvironment()`` in Slicer 5.8 and 5.10; the process
+    environment where that is missing (``serve_command`` strips Slicer's variables from it)."""
+    try:
+        return dict(slicer.util.startupEnvironment())
+    except (AttributeError, RuntimeError):
+        return dict(os.environ)
+
+
 ERROR_STYLE = "color: #c0392b; font-weight: bold;"
 
 
@@ -126,6 +141,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingRegions = False
         self.serverProcess = None
         self.localServer = None
+        self.serverState = None
 
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -138,7 +154,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SynergyPLLogic()
         self.labeling = self.logic.labeling
         self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
+        self.pollTimer.setInterval(POLL_INTERVAL_MS)  # also when worker threads get the GIL in Slicer
         self.pollTimer.timeout.connect(self.labeling.runner.poll)
         self.labeling.runner.busy_changed.connect(self._onRunnerBusy)
         self.labeling.runner.unhandled_error.connect(lambda name, exc: self._showError(name, str(exc)))
@@ -212,8 +228,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server", "logic",
-                     "selftest"):
+        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server",
+                     "server_process", "transfers", "logic", "selftest"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -335,7 +351,11 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onStartServer(self) -> None:
-        """Run ``synergypl serve`` for the chosen project in a QProcess owned by the panel."""
+        """Run ``synergypl serve`` for the chosen project in a QProcess owned by the panel.
+
+        The server's Python gets Slicer's startup environment (before the launcher set PYTHONHOME,
+        PYTHONPATH, LD_LIBRARY_PATH...), cleaned once more by :func:`server_environment`; the state
+        shown ("Starting…", running, failed with the reason) is kept by :class:`ServerProcess`."""
         if self.serverProcess is not None and self.serverProcess.state() != qt.QProcess.NotRunning:
             self._showStatus("The local server is already running.")
             return
@@ -343,58 +363,81 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             port = free_port()
             command = serve_command(self.ui.pythonPathLineEdit.currentPath or None,
                                     self.ui.projectPathLineEdit.currentPath, port,
-                                    token=self.ui.tokenLineEdit.text or None)
+                                    token=self.ui.tokenLineEdit.text or None,
+                                    environment=_startupEnvironment(), slicer_home=slicer.app.slicerHome)
         except ServerConfigError as exc:
             self._showError("start server", str(exc))
             return
         self.ui.pythonPathLineEdit.addCurrentPathToHistory()
         self.ui.projectPathLineEdit.addCurrentPathToHistory()
+        self.serverState = ServerProcess(command.program, command.arguments, command.url)
+        self.serverState.state_changed.connect(self._onServerStateChanged)
         process = qt.QProcess()
         process.setProcessChannelMode(qt.QProcess.MergedChannels)
-        environment = qt.QProcessEnvironment.systemEnvironment()
+        environment = qt.QProcessEnvironment()
         for key, value in command.environment.items():
             environment.insert(key, value)
         process.setProcessEnvironment(environment)
+        # `python -m` puts the working directory first on sys.path: the project folder, not Slicer's.
+        process.setWorkingDirectory(str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
         process.readyReadStandardOutput.connect(self._onServerOutput)
+        process.connect("errorOccurred(QProcess::ProcessError)", self._onServerError)
         process.connect("finished(int,QProcess::ExitStatus)", self._onServerFinished)
         self.ui.serverLogTextEdit.appendPlainText("$ " + " ".join(command.as_list()))
-        process.start(command.program, command.arguments)
         self.serverProcess = process
         self.localServer = command
         self._parameterNode.serverUrl = command.url
-        self._serverStartedAt = time.monotonic()
+        self.serverState.launching()
+        process.start(command.program, command.arguments)
         self._updateButtons()
-        self._showStatus(f"Starting the local server on {command.url}…")
         qt.QTimer.singleShot(2000, self._checkLocalServer)
 
     def _checkLocalServer(self) -> None:
         """Poll the new server until it answers (up to a minute), then show its device and model."""
-        if self.serverProcess is None or self.serverProcess.state() == qt.QProcess.NotRunning:
+        state = self.serverState
+        if state is None or not state.check():
             return
-        if self.labeling.server is not None:
-            return
-        if time.monotonic() - self._serverStartedAt > 60:
-            self._showError("start server", "The local server did not answer within a minute; see its log.")
+        if self.labeling.server is not None and self.labeling.url == state.url:
+            state.server_answered(self.labeling.server.summary())
             return
         if not self.labeling.is_busy("connect"):
             self._configureServer()
             self.labeling.check_connection()
         qt.QTimer.singleShot(2000, self._checkLocalServer)
 
+    def _onServerStateChanged(self, state: str, message: str) -> None:
+        if state == SERVER_FAILED:
+            self._showError("start server", message)
+        else:
+            self._showStatus(message)
+        self._updateButtons()
+
     def _onServerOutput(self) -> None:
         if self.serverProcess is None:
             return
         text = self.serverProcess.readAllStandardOutput().data().decode("utf-8", "replace")
         self.ui.serverLogTextEdit.appendPlainText(text.rstrip("\n"))
+        if self.serverState is not None:
+            self.serverState.output_received(text)
+
+    def _onServerError(self, error) -> None:
+        """QProcess.errorOccurred: FailedToStart never emits finished, so this ends "Starting…"."""
+        if self.serverState is not None:
+            self.serverState.error_occurred(error)
+        self._updateButtons()
 
     def _onServerFinished(self, exitCode, exitStatus) -> None:
         self.ui.serverLogTextEdit.appendPlainText(f"[server exited with code {exitCode}]")
+        if self.serverState is not None:
+            self.serverState.finished(exitCode, crashed=exitStatus == qt.QProcess.CrashExit)
         self._updateButtons()
 
     def onStopServer(self) -> None:
         process = self.serverProcess
         if process is None or process.state() == qt.QProcess.NotRunning:
             return
+        if self.serverState is not None:
+            self.serverState.stopping()
         process.terminate()
         if not process.waitForFinished(5000):
             process.kill()
@@ -640,7 +683,9 @@ class SynergyPLLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.labeling = LabelingLogic(runner=TaskRunner())
+        runner = TaskRunner()
+        # Volumes move in a helper process started by the GUI thread: fast despite Slicer's GIL.
+        self.labeling = LabelingLogic(runner=runner, client_factory=panel_client_factory(runner))
 
     def getParameterNode(self):
         return SynergyPLParameterNode(super().getParameterNode())

@@ -3,6 +3,12 @@
 The panel runs the command in a ``QProcess`` it owns (log shown in the panel, stopped with Slicer).
 The server runs in a Python that has SynergyPL installed with its ``service`` extra -- a separate
 environment, never Slicer's own Python, which stays free of torch.
+
+Inside Slicer the process environment is the one Slicer's launcher made: PYTHONHOME and PYTHONPATH
+point into Slicer's own Python and LD_LIBRARY_PATH / PATH start with Slicer's folders. Another Python
+started with it fails ("SRE module mismatch") or imports Slicer's packages first, so the server gets
+:func:`server_environment` of ``slicer.util.startupEnvironment()`` (the environment from before the
+launcher changed it); the same function also cleans ``os.environ`` where that is all there is.
 """
 
 from __future__ import annotations
@@ -11,10 +17,23 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8765
+
+# Set by Slicer's launcher (CMake/SlicerBlockCTKAppLauncherSettings.cmake, SuperBuild/External_python.cmake
+# in Slicer 5.8 and 5.10): meaningful for Slicer's Python only, harmful for another one.
+SLICER_LAUNCHER_VARIABLES = (
+    "PYTHONHOME", "PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONSTARTUP", "PYTHONEXECUTABLE", "SLICER_HOME",
+    "ITK_AUTOLOAD_PATH", "PIP_REQUIRE_VIRTUALENV", "SSL_CERT_FILE", "QT_PLUGIN_PATH",
+    "QTWEBENGINE_DISABLE_SANDBOX", "LibraryPaths",
+)
+# Search paths the launcher prepends Slicer's folders to; entries inside Slicer's tree are dropped.
+SEARCH_PATH_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FRAMEWORK_PATH")
+
+INSTALL_HINT = "pip install 'synergypl[service]'"
 
 
 class ServerConfigError(ValueError):
@@ -23,6 +42,8 @@ class ServerConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LocalServerCommand:
+    """What to run: ``program`` with ``arguments`` in exactly ``environment`` (the whole environment)."""
+
     program: str
     arguments: list[str]
     environment: dict[str, str]
@@ -33,20 +54,79 @@ class LocalServerCommand:
         return [self.program, *self.arguments]
 
 
-def find_python(configured: str | None = None) -> str:
-    """The configured interpreter, else a ``synergypl``-capable ``python3`` on PATH (not Slicer's)."""
+def _inside(entry: str, roots: list[Path]) -> bool:
+    try:
+        path = Path(entry).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(path == root or root in path.parents for root in roots)
+
+
+def slicer_roots(environment: Mapping[str, str], slicer_home: str | os.PathLike | None = None) -> list[Path]:
+    """Slicer's installation folders known from ``slicer_home``, ``SLICER_HOME`` and ``PYTHONHOME``."""
+    candidates = [slicer_home, environment.get("SLICER_HOME")]
+    home = environment.get("PYTHONHOME")
+    if home:  # Slicer's is <Slicer>/lib/Python: its installation is two levels up
+        candidates += [home, str(Path(home).parent.parent) if Path(home).name == "Python" else None]
+    roots = []
+    for candidate in candidates:
+        if candidate:
+            try:
+                root = Path(candidate).expanduser().resolve()
+            except (OSError, RuntimeError):
+                continue
+            if root != Path(root.anchor) and root not in roots:  # never treat "/" as Slicer's tree
+                roots.append(root)
+    return roots
+
+
+def server_environment(environment: Mapping[str, str], slicer_home: str | os.PathLike | None = None,
+                       extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for another Python started from Slicer.
+
+    In: ``environment`` -- Slicer's startup environment (preferred) or its process environment;
+    ``slicer_home`` -- Slicer's installation folder if known (``SLICER_HOME`` and ``PYTHONHOME`` in
+    ``environment`` are used too); ``extra`` -- variables to set last.
+    Out: a new dict without the variables of :data:`SLICER_LAUNCHER_VARIABLES`, with every entry of
+    PATH / LD_LIBRARY_PATH / DYLD_* that lies inside Slicer's tree removed (a list left empty is
+    dropped, except PATH), plus ``extra``.
+    """
+    roots = slicer_roots(environment, slicer_home)
+    out = {key: value for key, value in environment.items() if key not in SLICER_LAUNCHER_VARIABLES}
+    for key in SEARCH_PATH_VARIABLES:
+        if key not in out:
+            continue
+        kept = [e for e in out[key].split(os.pathsep) if e and not _inside(e, roots)]
+        if kept or key == "PATH":
+            out[key] = os.pathsep.join(kept)
+        else:
+            del out[key]
+    out.update(extra or {})
+    return out
+
+
+def find_python(configured: str | None = None, environment: Mapping[str, str] | None = None,
+                slicer_home: str | os.PathLike | None = None) -> str:
+    """The configured interpreter, else ``python3`` / ``python`` from ``environment``'s PATH (give the
+    startup environment: Slicer's own PATH leads to Slicer's Python), never one inside Slicer's tree
+    nor the running interpreter. Raises :class:`ServerConfigError` saying what to choose."""
     if configured:
         path = Path(configured).expanduser()
-        if not path.exists():
+        if not path.is_file():
             raise ServerConfigError(f"Python interpreter {path} does not exist; choose the Python of the "
-                                    "environment where SynergyPL is installed (pip install synergypl[service]).")
-        return str(path)
+                                    f"environment where SynergyPL is installed ({INSTALL_HINT}).")
+        return str(path)  # one that cannot run is reported by the process's FailedToStart
+    environment = os.environ if environment is None else environment
+    roots = slicer_roots(environment, slicer_home)
+    folders = [f for f in environment.get("PATH", "").split(os.pathsep) if f and not _inside(f, roots)]
     for name in ("python3", "python"):
-        found = shutil.which(name)
-        if found and Path(found).resolve() != Path(sys.executable).resolve():
-            return found
-    raise ServerConfigError("Choose the Python interpreter of the environment where SynergyPL is installed "
-                            "(pip install synergypl[service]).")
+        for folder in folders:
+            found = shutil.which(name, path=folder)
+            if found and not _inside(found, roots) and found != sys.executable:
+                return found
+    raise ServerConfigError("No Python interpreter was chosen and none outside Slicer was found on the PATH. "
+                            "Choose the Python of the environment where SynergyPL is installed "
+                            f"({INSTALL_HINT}), e.g. <venv>/bin/python.")
 
 
 def free_port(preferred: int = DEFAULT_PORT, host: str = "127.0.0.1") -> int:
@@ -62,9 +142,12 @@ def free_port(preferred: int = DEFAULT_PORT, host: str = "127.0.0.1") -> int:
 
 
 def serve_command(python: str | None, project: str | os.PathLike, port: int = DEFAULT_PORT,
-                  token: str | None = None, host: str = "127.0.0.1", log_level: str = "info") -> LocalServerCommand:
-    """``python -m SynergyPLLib.cli serve --project ...`` with the token passed in the environment
-    (never on the command line, where other users could read it). Without a token the server uses the
+                  token: str | None = None, host: str = "127.0.0.1", log_level: str = "info",
+                  environment: Mapping[str, str] | None = None,
+                  slicer_home: str | os.PathLike | None = None) -> LocalServerCommand:
+    """``python -m SynergyPLLib.cli serve --project ...`` in :func:`server_environment` of
+    ``environment`` (default: ``os.environ``), with the token passed in the environment (never on
+    the command line, where other users could read it). Without a token the server uses the
     project's own (``<project>/.synergypl-token``), which the panel then reads from there."""
     project_path = Path(project).expanduser() if project else None
     if project_path is None or not project_path.is_dir():
@@ -73,10 +156,12 @@ def serve_command(python: str | None, project: str | os.PathLike, port: int = DE
     if not any((project_path / name).exists() for name in ("project.yaml", "project.json")):
         raise ServerConfigError(f"{project_path} is not a SynergyPL project (no project.yaml); create one with "
                                 "'synergypl init'.")
-    program = find_python(python)
+    environment = os.environ if environment is None else environment
+    program = find_python(python, environment, slicer_home)
     arguments = ["-m", "SynergyPLLib.cli", "serve", "--project", str(project_path), "--host", host,
                  "--port", str(int(port)), "--log-level", log_level]
-    environment = {"PYTHONUNBUFFERED": "1"}
+    extra = {"PYTHONUNBUFFERED": "1"}
     if token:
-        environment["SYNERGYPL_TOKEN"] = token
-    return LocalServerCommand(program, arguments, environment, f"http://{host}:{int(port)}", str(project_path))
+        extra["SYNERGYPL_TOKEN"] = token
+    return LocalServerCommand(program, arguments, server_environment(environment, slicer_home, extra),
+                              f"http://{host}:{int(port)}", str(project_path))

@@ -8,6 +8,11 @@ network, and every MRML update happens on the GUI thread.
 
 Cancelling sets the task's :class:`threading.Event`; long work (training) checks
 :attr:`TaskContext.cancelled` between steps and asks the server to stop.
+
+Child processes for worker threads (the volume transfers of :mod:`SynergyPLLib.client.helper`) are
+started and reaped by :class:`ProcessLauncher` inside :meth:`TaskRunner.poll`, on the GUI thread: in
+Slicer a worker thread gets the GIL only when the GUI thread runs Python, so a worker that had to start,
+feed and watch a process itself would advance one step per timer tick. The worker only waits.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +30,11 @@ from typing import Any
 from .signals import Signal
 
 _log = logging.getLogger(__name__)
+
+# How often the panel's QTimer calls TaskRunner.poll while work runs: each tick is also when worker
+# threads get the GIL inside Slicer, so it bounds how fast they advance.
+POLL_INTERVAL_MS = 20
+HANDOVER_SECONDS = 0.02  # longest the GUI thread waits for a worker to take a finished process's answer
 
 
 class TaskCancelled(Exception):
@@ -92,6 +103,152 @@ class TaskHandle:
         return self.context.cancelled
 
 
+@dataclass
+class _ProcessRequest:
+    argv: list
+    env: dict
+    stdin: bytes
+    done: threading.Event = field(default_factory=threading.Event)
+    resumed: threading.Event = field(default_factory=threading.Event)
+    popen: subprocess.Popen | None = None
+    returncode: int | None = None
+    stdout: bytes = b""
+    error: OSError | None = None
+    prepare_only: bool = False  # start a process ahead, run nothing
+
+    @property
+    def key(self) -> tuple:
+        return tuple(self.argv), tuple(sorted(self.env.items()))
+
+
+class ProcessLauncher:
+    """Runs child processes for worker threads, started, fed and reaped by :meth:`poll` on the polling
+    thread.
+
+    ``run(argv, env, stdin)`` (a worker thread) blocks, without the GIL, until the process ended and
+    returns ``(exit code, stdout bytes)``; called on the polling thread itself it runs the process
+    directly. The child gets ``stdin`` and end-of-file; its stdout must stay small (one JSON line): it
+    is read once the child has exited. :meth:`prepare` (and the end of each run) starts one process
+    with that command line ahead, waiting on stdin, so the next run does not pay the interpreter's
+    start-up; it is started after a run ended, never beside a running transfer.
+    """
+
+    def __init__(self, keep_ready: bool = True) -> None:
+        self._pending: queue.Queue = queue.Queue()
+        self._running: list[_ProcessRequest] = []
+        self._ready: dict[tuple, subprocess.Popen] = {}
+        self.keep_ready = keep_ready
+        self._poll_thread: int | None = None
+
+    def run(self, argv: list, env: dict, stdin: bytes = b"") -> tuple[int, bytes]:
+        if threading.get_ident() in (self._poll_thread, threading.main_thread().ident):
+            done = subprocess.run(argv, env=env, input=stdin, stdout=subprocess.PIPE, check=False)
+            return done.returncode, done.stdout
+        request = _ProcessRequest(list(argv), dict(env), bytes(stdin))
+        self._pending.put(request)
+        request.done.wait()
+        request.resumed.set()
+        if request.error is not None:
+            raise request.error
+        return int(request.returncode), request.stdout
+
+    def prepare(self, argv: list, env: dict) -> None:
+        """Have a process for this command line started ahead (at the next :meth:`poll`); any thread."""
+        if self.keep_ready:
+            self._pending.put(_ProcessRequest(list(argv), dict(env), b"", prepare_only=True))
+
+    @staticmethod
+    def _spawn(argv: list, env: dict) -> subprocess.Popen:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _start(self, request: _ProcessRequest) -> None:
+        ready = self._ready.pop(request.key, None)
+        candidates = [ready] if ready is not None and ready.poll() is None else []
+        candidates.append(None)  # a fresh process
+        for last, popen in enumerate(candidates, start=1 - len(candidates)):
+            try:
+                popen = popen or self._spawn(request.argv, request.env)
+                popen.stdin.write(request.stdin)
+                popen.stdin.close()
+            except OSError as exc:  # BrokenPipeError: the one started ahead had died
+                if popen is not None:
+                    popen.kill()
+                    popen.wait()
+                if last == 0 or not isinstance(exc, BrokenPipeError):
+                    request.error = exc
+                    request.done.set()
+                    return
+                continue
+            request.popen = popen
+            self._running.append(request)
+            return
+
+    def _make_ready(self, request: _ProcessRequest) -> None:
+        """One process started ahead, for the latest command line."""
+        current = self._ready.get(request.key)
+        if not self.keep_ready or (current is not None and current.poll() is None):
+            return
+        for key, stale in list(self._ready.items()):
+            stale.kill()
+            stale.wait()
+            del self._ready[key]
+        try:
+            self._ready[request.key] = self._spawn(request.argv, request.env)
+        except OSError:
+            pass
+
+    def poll(self) -> None:
+        """Start what workers asked for; finish what has exited. Never blocks."""
+        self._poll_thread = threading.get_ident()
+        while True:
+            try:
+                request = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if request.prepare_only:
+                if not self._running:
+                    self._make_ready(request)
+                continue
+            self._start(request)
+        finished = []
+        for request in list(self._running):
+            code = request.popen.poll()
+            if code is None:
+                continue
+            self._running.remove(request)
+            request.returncode, request.stdout = code, request.popen.stdout.read()
+            request.popen.stdout.close()
+            request.done.set()
+            finished.append(request)
+        for request in finished:
+            # Hand the GIL to the waiting worker now (inside Slicer it would otherwise wait for the next
+            # tick): it takes the answer and, mostly, finishes its task before this poll delivers.
+            request.resumed.wait(HANDOVER_SECONDS)
+        if finished and not self._running:
+            self._make_ready(finished[-1])
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running) or not self._pending.empty()
+
+    def kill_all(self) -> None:
+        """Stop every child (Slicer exits, the module is reloaded); their workers get an error. No
+        process is started ahead afterwards."""
+        self.keep_ready = False
+        for popen in list(self._ready.values()) + [r.popen for r in self._running]:
+            popen.kill()
+            popen.wait()
+        self._ready.clear()
+        self.poll()
+        while True:
+            try:
+                request = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            request.error = OSError("cancelled before it started")
+            request.done.set()
+
+
 class TaskRunner:
     """Starts each task on its own daemon thread and delivers outcomes through :meth:`poll`.
 
@@ -106,6 +263,7 @@ class TaskRunner:
         self._running: dict[int, TaskHandle] = {}
         self.busy_changed = Signal("busy_changed")
         self.unhandled_error = Signal("unhandled_error")
+        self.processes = ProcessLauncher()
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, task: Task) -> TaskHandle:
@@ -133,8 +291,10 @@ class TaskRunner:
     def poll(self, max_items: int = 100) -> int:
         """Deliver queued outcomes and progress to the callbacks; returns how many were delivered.
 
-        Call from the GUI thread (a QTimer); never blocks.
+        Call from the GUI thread (a QTimer); never blocks. Also starts and reaps the worker threads'
+        child processes (:class:`ProcessLauncher`).
         """
+        self.processes.poll()
         delivered = 0
         while delivered < max_items:
             try:
@@ -201,8 +361,10 @@ class TaskRunner:
             time.sleep(interval)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Cancel everything and give worker threads ``timeout`` seconds to notice (Slicer exit)."""
+        """Cancel everything, stop child processes, and give worker threads ``timeout`` seconds to notice
+        (Slicer exit)."""
         self.cancel_all()
+        self.processes.kill_all()
         deadline = time.monotonic() + timeout
         for handle in list(self._running.values()):
             if handle.thread is not None:

@@ -1,5 +1,5 @@
 """HTTP client of the SynergyPL service: standard library (+ numpy nowhere required), no torch, no
-FastAPI, so the Slicer module can use it in Slicer's own Python (3.11 / 3.12).
+FastAPI, so the Slicer module can use it in Slicer's own Python (3.9 in Slicer 5.8, 3.12 in 5.10+).
 
     from SynergyPLLib.client import SynergyPLClient, ConflictError
     c = SynergyPLClient("http://127.0.0.1:8765", project="~/hippo")  # token read from ~/hippo/.synergypl-token

@@ -1,6 +1,6 @@
 """``SynergyPLClient``: one method per route of the SynergyPL service (see docs/api.md).
 
-Standard library only (runs in Slicer's Python 3.12 and in 3.11). Volumes travel as NRRD bytes: the
+Standard library only (runs in Slicer's Python: 3.9 in Slicer 5.8, 3.12 in 5.10+). Volumes travel as NRRD bytes: the
 download methods return the bytes, or write them to ``path`` and return the path, so Slicer can load
 them with its own readers. Errors are raised as the types in :mod:`.errors`.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import JobFailedError, TimeoutError
 from .tokens import token_for_project
+from .helper import HelperTransport, Launcher
 from .transport import FilePart, Transport
 
 FINAL = ("done", "failed", "cancelled", "interrupted")
@@ -23,17 +24,6 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 
 def _q(case_id: str) -> str:
     return urllib.parse.quote(str(case_id), safe="")
-
-
-def _save(data: bytes, path: str | os.PathLike | None) -> bytes | Path:
-    if path is None:
-        return data
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def _file_part(name: str, file: str | os.PathLike | bytes, filename: str | None) -> FilePart:
@@ -54,14 +44,16 @@ class SynergyPLClient:
     except ``/api/health``); ``project``: the project folder of a server on this machine, whose token
     is then read from ``<project>/.synergypl-token`` when ``token`` is not given (see
     :func:`~.tokens.token_for_project`); ``timeout``: seconds for one request (uploads/downloads of big
-    volumes may need more).
+    volumes may need more); ``launcher``: run file uploads and downloads to a path in a helper process
+    started through it (see :mod:`.helper`; the Slicer panel passes one driven by its GUI thread), else
+    in this thread.
     """
 
     def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0,
-                 project: str | os.PathLike | None = None) -> None:
+                 project: str | os.PathLike | None = None, launcher: Launcher | None = None) -> None:
         if token is None and project is not None:
             token = token_for_project(project)
-        self.http = Transport(url, token, timeout)
+        self.http = Transport(url, token, timeout) if launcher is None else HelperTransport(url, token, timeout, launcher)
 
     @property
     def url(self) -> str:
@@ -72,6 +64,12 @@ class SynergyPLClient:
 
     def _bytes(self, path: str, params: dict | None = None, timeout: float | None = None) -> bytes:
         return self.http.request("GET", "/api" + path, params=params, timeout=timeout).body
+
+    def _fetch(self, path: str, target: str | os.PathLike | None, params: dict | None = None) -> bytes | Path:
+        """The body of GET ``path``: bytes, or streamed into ``target`` (returns its Path)."""
+        if target is None:
+            return self._bytes(path, params)
+        return self.http.download("/api" + path, target, params=params)
 
     # ---- project ---------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -106,7 +104,7 @@ class SynergyPLClient:
 
     def download_image(self, case_id: str, path: str | os.PathLike | None = None) -> bytes | Path:
         """The case image as NRRD bytes (or saved to ``path``)."""
-        return _save(self._bytes(f"/cases/{_q(case_id)}/image"), path)
+        return self._fetch(f"/cases/{_q(case_id)}/image", path)
 
     def next_case(self, predict: bool = True) -> dict:
         """``{"case", "reason", "score", ...}``: the waiting case with the most disagreement."""
@@ -128,7 +126,7 @@ class SynergyPLClient:
 
     def download_label(self, case_id: str, version: int | str = "latest",
                        path: str | os.PathLike | None = None) -> bytes | Path:
-        return _save(self._bytes(f"/cases/{_q(case_id)}/labels/{version}"), path)
+        return self._fetch(f"/cases/{_q(case_id)}/labels/{version}", path)
 
     # ---- predictions -----------------------------------------------------------------------------
     def predict(self, case_id: str, model_version: int | None = None) -> dict:
@@ -143,7 +141,7 @@ class SynergyPLClient:
     def download_prediction(self, case_id: str, kind: str = "label",
                             path: str | os.PathLike | None = None) -> bytes | Path:
         """``kind``: label | heatmap | regions; NRRD in the case's geometry."""
-        return _save(self._bytes(f"/cases/{_q(case_id)}/prediction/{kind}"), path)
+        return self._fetch(f"/cases/{_q(case_id)}/prediction/{kind}", path)
 
     # ---- training and jobs -----------------------------------------------------------------------
     def train(self, iterations: int | None = None, labels: str = "confirmed", method: str | None = None) -> dict:
@@ -204,4 +202,4 @@ class SynergyPLClient:
     def export(self, case_id: str, format: str = "seg.nrrd", version: int | None = None,  # noqa: A002
                path: str | os.PathLike | None = None) -> bytes | Path:
         """A label version as ``seg.nrrd`` (Slicer), ``nifti`` or ``dicom-seg``."""
-        return _save(self._bytes(f"/cases/{_q(case_id)}/export", {"format": format, "version": version}), path)
+        return self._fetch(f"/cases/{_q(case_id)}/export", path, {"format": format, "version": version})

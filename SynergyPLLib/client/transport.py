@@ -22,6 +22,7 @@ from pathlib import Path
 from .errors import ConnectionError, TimeoutError, error_for
 
 CHUNK = 1 << 16
+DOWNLOAD_CHUNK = 1 << 20
 
 
 @dataclass
@@ -152,6 +153,31 @@ class Transport:
         except (http.client.HTTPException, builtins.ConnectionError) as exc:
             raise ConnectionError(f"the connection to {self.base_url} broke while reading ({exc})") from None
         return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
+
+    def download(self, path: str, target: str | os.PathLike, *, params: dict | None = None,
+                 timeout: float | None = None) -> Path:
+        """GET ``path`` and stream the body into ``target`` (written as ``target.part``, then renamed, so
+        a broken transfer never leaves a half file under the real name). Returns the path."""
+        url = self.url(path, params)
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        resp = self._open("GET", url, timeout=timeout)
+        try:
+            with resp, open(part, "wb") as out:
+                while True:
+                    chunk = resp.read(DOWNLOAD_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+        except builtins.TimeoutError:
+            part.unlink(missing_ok=True)
+            raise TimeoutError(f"GET {url}: the answer did not arrive within {timeout or self.timeout:.0f} s") from None
+        except (http.client.HTTPException, builtins.ConnectionError) as exc:
+            part.unlink(missing_ok=True)
+            raise ConnectionError(f"the connection to {self.base_url} broke while reading ({exc})") from None
+        os.replace(part, target)
+        return target
 
     def events(self, path: str, timeout: float | None = None) -> Iterator[dict]:
         """Server-sent events as ``{"event", "id", "data"}`` dicts (data parsed as JSON when possible)."""

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from SynergyPLModuleLib import regions as panel_regions
 
+pytestmark = pytest.mark.portable  # numpy only: also runs on Python 3.9 / 3.12 (make test-pythons)
+
 
 def _smooth_random_heatmap(shape, seed):
     rng = np.random.default_rng(seed)
