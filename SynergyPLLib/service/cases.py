@@ -19,6 +19,7 @@ from . import faults
 from .db import Case, Job, LabelVersion, Prediction
 from .errors import BadRequest, Conflict, NotFound
 from .store import IdError, atomic_write_volume, check_case_id, publish_dir, sha256_file
+from .upload_checks import UploadLimits
 from .volumes import geometry_of, geometry_volume, read_image
 from .workspace import Workspace
 
@@ -107,7 +108,7 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
     with ws.db.Session() as s:
         if s.get(Case, case_id) is not None:
             raise Conflict(f"case {case_id!r} already exists; choose another id or delete it first")
-    vol = read_image(image_path, original_name)
+    vol = read_image(image_path, original_name, source_format, UploadLimits.of(ws.config.service))
     staging = ws.tmp / f"case-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
