@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import SERVICE_VERSION
+from .body_limit import BodyLimitMiddleware
 from .errors import ServiceError
 from .jobs import JobManager
 from .settings import ServiceSettings, is_loopback
@@ -82,7 +83,8 @@ def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSO
 
 
 class GuardMiddleware:
-    """Token check and upload-size check before any route runs (pure ASGI, so SSE streams pass)."""
+    """Token check before any route runs (pure ASGI, so SSE streams pass); the body limit is
+    :class:`~.body_limit.BodyLimitMiddleware`."""
 
     def __init__(self, app, settings: ServiceSettings, max_bytes: int) -> None:
         self.app = app
@@ -108,11 +110,6 @@ class GuardMiddleware:
                 return await _json(401, "this server needs a token: send 'Authorization: Bearer <token>' or "
                                         "'X-SynergyPL-Token: <token>'", {"WWW-Authenticate": "Bearer"})(
                     scope, receive, send)
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes + 1_000_000:
-            return await _json(413, f"upload of {int(length) / 2**20:.1f} MB is larger than the limit of "
-                                    f"{self.max_bytes / 2**20:.0f} MB (service.max_upload_mb / --max-upload-mb)")(
-                scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -183,5 +180,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     for mod in (routes_info, routes_cases, routes_labels, routes_predict, routes_jobs, routes_next, routes_export):
         app.include_router(mod.router, prefix="/api")
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=max_bytes)  # inside the guard: 401 comes first
     app.add_middleware(GuardMiddleware, settings=settings, max_bytes=max_bytes)
     return app

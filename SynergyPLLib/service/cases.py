@@ -122,7 +122,7 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
                 raise Conflict(f"case {case_id!r} already exists; choose another id or delete it first")
             final = ws.case_dir(case_id)
             if final.exists():  # left by a crash before its DB row was written: not a stored case
-                _to_trash(ws, final)
+                move_to_trash(ws, final)
             publish_dir(staging, final)
             faults.hit("case-files-written")
             s.add(Case(id=case_id, source_format=source_format, original_name=original_name,
@@ -134,7 +134,7 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
     return case_summary(ws, case_id)
 
 
-def _to_trash(ws: Workspace, path: Path) -> None:
+def move_to_trash(ws: Workspace, path: Path) -> None:
     trash = ws.root / "trash"
     trash.mkdir(exist_ok=True)
     path.rename(trash / f"{path.name}-{int(time.time() * 1000)}")
@@ -153,7 +153,7 @@ def delete_case(ws: Workspace, case_id: str) -> None:
         s.delete(case)
         folder = ws.case_dir(case.id)
         if folder.exists():
-            _to_trash(ws, folder)
+            move_to_trash(ws, folder)
 
 
 def image_file(ws: Workspace, case_id: str) -> Path:

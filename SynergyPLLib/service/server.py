@@ -48,6 +48,7 @@ def serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .http_protocol import JsonErrorH11Protocol
 
     settings.validate()
     lock = ProjectLock(settings.project)
@@ -58,7 +59,7 @@ def serve(settings: ServiceSettings) -> int:
         url = f"http://{'[' + settings.host + ']' if ':' in settings.host else settings.host}:{settings.port}"
         print(f"SynergyPL serving {settings.project} at {url}/api (docs: {url}/docs)"
               + ("; token required off loopback" if settings.token else ""), file=sys.stderr, flush=True)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, http=JsonErrorH11Protocol,
                     timeout_graceful_shutdown=5, access_log=settings.log_level == "debug")
     finally:
         lock.release()
