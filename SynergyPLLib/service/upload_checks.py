@@ -248,6 +248,16 @@ def _check_mha(path: Path, name: str, limits: UploadLimits) -> Declared:
 
 # ---- NIfTI --------------------------------------------------------------------------------------
 
+def _nifti_magic(path: Path) -> bytes:
+    """The magic string as stored (nibabel may normalise it on load): b'n+1'/b'n+2' for a single file."""
+    import gzip
+
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as fh:
+        head = fh.read(352)
+    nifti2 = int.from_bytes(head[:4], "little") == 540 or int.from_bytes(head[:4], "big") == 540
+    return (head[4:8] if nifti2 else head[344:348]).rstrip(b"\0")
+
+
 def _check_nifti(path: Path, name: str, limits: UploadLimits) -> Declared:
     import nibabel as nib
 
@@ -262,7 +272,7 @@ def _check_nifti(path: Path, name: str, limits: UploadLimits) -> Declared:
         dtype = header.get_data_dtype()
     except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds for a bad header
         raise Unprocessable(f"{name}: cannot be read as NIfTI ({str(exc).replace(str(path), name)})") from None
-    magic = bytes(np.asarray(header["magic"]).tobytes()).rstrip(b"\0")
+    magic = _nifti_magic(path)
     if magic not in (b"n+1", b"n+2"):
         raise Unprocessable(f"{name}: NIfTI header says its voxel data is in a separate file (magic "
                             f"{magic!r}, a .hdr/.img pair); upload a single-file .nii or .nii.gz")

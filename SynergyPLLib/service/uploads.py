@@ -6,6 +6,7 @@ In: a Starlette ``UploadFile``.  Out: a path in ``tmp/`` (deleted by the caller)
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 import zipfile
@@ -104,7 +105,8 @@ def unzip_dicom(zip_path: Path, dest: Path, max_bytes: int, name: str) -> Path:
             if base.startswith(".") or base.upper() == "DICOMDIR":
                 continue
             try:
-                with zf.open(m) as src, open(dest / f"{i:05d}.dcm", "wb") as out:
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", base)[:80]  # keeps the member's name for messages
+                with zf.open(m) as src, open(dest / f"{i:05d}-{safe}", "wb") as out:
                     shutil.copyfileobj(src, out)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise Unprocessable(f"ZIP {name!r}: cannot extract {m.filename!r} ({exc})") from None
@@ -116,21 +118,21 @@ def dicom_series_files(folder: Path, name: str, limits: UploadLimits | None = No
     With ``limits`` (an upload), each file's pixel data is checked first (:func:`check_dicom_files`)."""
     import SimpleITK as sitk
 
+    if limits is not None:  # GDCM silently leaves out a file it cannot read: check them all first
+        check_dicom_files(sorted(p for p in folder.iterdir() if p.is_file()), name, limits)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise Unprocessable(f"ZIP {name!r} holds no DICOM image series")
     if len(series) > 1:
         raise Unprocessable(f"ZIP {name!r} holds {len(series)} DICOM series; upload one series per case")
-    files = [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), series[0])]
-    if limits is not None:
-        check_dicom_files(files, name, limits)
-    return files
+    return [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), series[0])]
 
 
 def check_dicom_files(files: list[Path], name: str, limits: UploadLimits) -> None:
-    """Every file's pixel data holds the frames its header declares (GDCM zero-fills a cut file), and
-    the series' voxel count and bytes stay within ``limits``. 413/422 naming the file."""
+    """Every DICOM file's pixel data holds the frames its header declares (GDCM drops or zero-fills a
+    cut file), and all of them together stay within ``limits``. Files that are not DICOM at all
+    (a readme) are left to the series reader. 413/422 naming the file."""
     import pydicom
     from pydicom.encaps import generate_frames
 
@@ -139,14 +141,19 @@ def check_dicom_files(files: list[Path], name: str, limits: UploadLimits) -> Non
         label = f"ZIP {name!r}, file {f.name}"
         try:
             ds = pydicom.dcmread(f, defer_size="64 KB")
+        except pydicom.errors.InvalidDicomError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for a broken file
+            raise Unprocessable(f"{label}: cannot be read as DICOM ({type(exc).__name__}: {exc})") from None
+        if "PixelData" not in ds:
+            continue  # not an image (e.g. a structured report); the series reader decides
+        try:
             rows, cols = int(ds.Rows), int(ds.Columns)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.BitsAllocated)
             pixel = ds.get_item(0x7FE00010, keep_deferred=True)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for a broken file
             raise Unprocessable(f"{label}: cannot be read as DICOM ({type(exc).__name__}: {exc})") from None
-        if pixel is None:
-            raise Unprocessable(f"{label}: has no pixel data")
         voxels += rows * cols * frames
         need = (rows * cols * frames * spp * bits + 7) // 8
         data_bytes += need
@@ -170,5 +177,5 @@ def check_dicom_files(files: list[Path], name: str, limits: UploadLimits) -> Non
         elif start + length > f.stat().st_size:
             length = max(0, f.stat().st_size - start)
         if length < need:
-            raise Unprocessable(f"{label}: is truncated: its header declares {rows}x{cols}x{frames} frames "
+            raise Unprocessable(f"{label}: is truncated: its header declares {frames} frame(s) of {rows}x{cols} "
                                 f"({need:,} bytes of pixel data), the file holds {length:,}")
