@@ -153,6 +153,9 @@ def read_volume(path: str | os.PathLike, *, allow_constant: bool = False, image_
         raise
     except Exception as exc:  # SimpleITK raises RuntimeError with a long ITK trace
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "No such file or directory" in first and path.is_file():
+            # ITK reports a stale errno when a file (e.g. a MetaImage) ends before its voxel data does
+            first = "the file ends before all the voxel data its header declares: truncated or corrupt"
         raise VolumeError(f"{path}: cannot be read as an image ({first})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "

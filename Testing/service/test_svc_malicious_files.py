@@ -311,3 +311,16 @@ def test_well_formed_files_of_every_format_are_still_accepted(srv, labeled, tmp_
     made = c.upload_case(tmp_path / "pynrrd.nrrd", case_id="pynrrd")
     assert made["shape"] == list(image.shape)
     c.delete_case("pynrrd")
+
+
+def test_engine_names_a_too_short_metaimage(tmp_path):
+    """Outside the upload checks too (CLI, init), a cut MetaImage is called truncated, not 'No such file'."""
+    from SynergyPLLib.engine.io import VolumeError
+
+    vol = Volume(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32))
+    for compress in (False, True):
+        data = write_volume(vol, tmp_path / "full.mha", compress=compress).read_bytes()
+        (tmp_path / "short.mha").write_bytes(data[: len(data) // 2])
+        with pytest.raises(VolumeError, match="truncated") as err:
+            read_volume(tmp_path / "short.mha")
+        assert "No such file" not in str(err.value)
