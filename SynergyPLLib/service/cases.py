@@ -134,10 +134,11 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
     return case_summary(ws, case_id)
 
 
-def move_to_trash(ws: Workspace, path: Path) -> None:
+def move_to_trash(ws: Workspace, path: Path, note: str = "") -> None:
+    """Move a case folder to ``trash/<name><note>-<ms time>`` (kept, out of the store's way)."""
     trash = ws.root / "trash"
     trash.mkdir(exist_ok=True)
-    path.rename(trash / f"{path.name}-{int(time.time() * 1000)}")
+    path.rename(trash / f"{path.name}{note}-{int(time.time() * 1000)}")
 
 
 def delete_case(ws: Workspace, case_id: str) -> None:

@@ -45,7 +45,7 @@ def remove_orphans(ws: Workspace) -> dict[str, int]:
         return counts
     for folder in folders:
         if folder.name not in case_ids:
-            move_to_trash(ws, folder)
+            move_to_trash(ws, folder, note="-unregistered")
             counts["case_dirs"] += 1
             continue
         for f in sorted((folder / "labels").glob("*.nrrd")):

@@ -74,8 +74,18 @@ def test_kill9_leftovers_are_removed_at_start_and_registered_files_kept(trained_
     assert (orphan_pred / "heatmap.nrrd").exists()
     srv.kill9()
 
+    # 3. the service is killed between publishing a new case's folder and registering the case
+    srv = Server(project, env={"SYNERGYPL_FAULTS": "case-files-written"}).start()
+    with pytest.raises(ConnectionError):
+        srv.client().upload_case(project / "cases" / labeled / "image.nrrd", case_id="half_added")
+    assert wait_gone(srv.proc.pid)
+    assert (project / "cases" / "half_added" / "image.nrrd").exists()
+
     with Server(project) as srv:
         c = srv.client()
+        assert not (project / "cases" / "half_added").exists()  # moved to trash/, not deleted
+        assert [p.name.startswith("half_added-unregistered") for p in (project / "trash").iterdir()] == [True]
+        assert "half_added" not in [x["id"] for x in c.list_cases()]
         assert not orphan_pred.exists() and not any(f.exists() for f in orphan_labels)
         assert [f.name for f in labels.glob("*.nrrd")] == [f.name for f in labels.glob("v0001-*.nrrd")]
         assert registered_files(c, project) == kept  # nothing registered was touched
