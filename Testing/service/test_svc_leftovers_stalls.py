@@ -151,6 +151,11 @@ def test_many_long_polls_do_not_starve_the_api(project):
 
 # ---- request bodies -----------------------------------------------------------------------------
 
+def _auth(srv) -> dict:
+    """The token header a local client sends, where the server asks for one (per-project token)."""
+    return getattr(srv, "auth_headers", dict)()
+
+
 def _stored_bytes(pid: int, project: Path) -> int:
     """Bytes on disk that the upload may have caused: files under the project folder plus the files
     the server process holds open (its spooled upload parts are unnamed temporary files)."""
@@ -187,8 +192,9 @@ def test_chunked_upload_is_refused_while_streaming(project):
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
-        sock.sendall(b"POST /api/cases HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=BB\r\n\r\n")
+        auth = "".join(f"{k}: {v}\r\n" for k, v in _auth(srv).items()).encode()
+        sock.sendall(b"POST /api/cases HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n" + auth
+                     + b"Content-Type: multipart/form-data; boundary=BB\r\n\r\n")
         part = (b'--BB\r\nContent-Disposition: form-data; name="file"; filename="big.nrrd"\r\n'
                 b"Content-Type: application/octet-stream\r\n\r\n")
         sock.sendall(f"{len(part):X}\r\n".encode() + part + b"\r\n")
@@ -231,6 +237,8 @@ def test_malformed_content_length_gets_json_400(project):
             conn.putrequest("POST", "/api/cases", skip_accept_encoding=True)
             conn.putheader("Content-Length", value)
             conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+            for k, v in _auth(srv).items():
+                conn.putheader(k, v)
             conn.endheaders()
             resp = conn.getresponse()
             body = resp.read()
@@ -240,6 +248,8 @@ def test_malformed_content_length_gets_json_400(project):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         conn.putrequest("POST", "/api/cases", skip_accept_encoding=True)
         conn.putheader("Content-Length", str(10**12))
+        for k, v in _auth(srv).items():
+            conn.putheader(k, v)
         conn.endheaders()
         resp = conn.getresponse()
         assert resp.status == 413 and "larger than the limit" in json.loads(resp.read())["detail"]
