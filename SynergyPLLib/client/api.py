@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import JobFailedError, TimeoutError
-from .tokens import token_for_project
 from .helper import HelperTransport, Launcher
+from .tokens import token_for_project
 from .transport import FilePart, Transport
 
 FINAL = ("done", "failed", "cancelled", "interrupted")

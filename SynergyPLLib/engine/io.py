@@ -119,7 +119,7 @@ def _check_nifti(path: Path) -> None:
         raise VolumeError(f"{path}: image contains NaN or infinite values")
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path, image_io: str | None = None) -> sitk.Image:
     if path.name.lower().endswith(".gz"):
         _check_gzip_complete(path)
     if path.name.lower().endswith((".nii", ".nii.gz")):
@@ -134,23 +134,28 @@ def _read_sitk(path: Path) -> sitk.Image:
         files = reader.GetGDCMSeriesFileNames(str(path), series[0])
         reader.SetFileNames(files)
         return reader.Execute()
-    return sitk.ReadImage(str(path))
+    return sitk.ReadImage(str(path), imageIO=image_io or "")
 
 
-def read_volume(path: str | os.PathLike, *, allow_constant: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, *, allow_constant: bool = False, image_io: str | None = None) -> Volume:
     """Read a 3D scalar image (NIfTI, NRRD, MHA, or a DICOM series folder) with its geometry.
 
+    ``image_io`` names the ITK reader to use (e.g. ``"NrrdImageIO"``) instead of the one ITK picks from
+    the file's content, so a checked upload is read by the reader its checks were made for.
     Raises VolumeError for a missing, unreadable, 2D, multi-component, empty, constant or non-finite image.
     """
     path = Path(path)
     if not path.exists():
         raise VolumeError(f"{path}: no such file or folder")
     try:
-        img = _read_sitk(path)
+        img = _read_sitk(path, image_io)
     except VolumeError:
         raise
     except Exception as exc:  # SimpleITK raises RuntimeError with a long ITK trace
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "No such file or directory" in first and path.is_file():
+            # ITK reports a stale errno when a file (e.g. a MetaImage) ends before its voxel data does
+            first = "the file ends before all the voxel data its header declares: truncated or corrupt"
         raise VolumeError(f"{path}: cannot be read as an image ({first})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "

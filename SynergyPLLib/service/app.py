@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import SERVICE_VERSION
 from .access import AccessMiddleware
+from .body_limit import BodyLimitMiddleware
 from .errors import ServiceError
 from .jobs import JobManager
 from .settings import ServiceSettings
@@ -78,26 +79,6 @@ def state(request: Request) -> AppState:
 
 def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
-
-
-class GuardMiddleware:
-    """Upload-size check before any route runs (pure ASGI, so SSE streams pass); access is checked
-    before it by :class:`~.access.AccessMiddleware`."""
-
-    def __init__(self, app, settings: ServiceSettings, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes + 1_000_000:
-            return await _json(413, f"upload of {int(length) / 2**20:.1f} MB is larger than the limit of "
-                                    f"{self.max_bytes / 2**20:.0f} MB (service.max_upload_mb / --max-upload-mb)")(
-                scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -167,6 +148,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     for mod in (routes_info, routes_cases, routes_labels, routes_predict, routes_jobs, routes_next, routes_export):
         app.include_router(mod.router, prefix="/api")
-    app.add_middleware(GuardMiddleware, settings=settings, max_bytes=max_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=max_bytes)
     app.add_middleware(AccessMiddleware, settings=settings)  # added last = runs first
     return app

@@ -19,6 +19,7 @@ from . import faults
 from .db import Case, Job, LabelVersion, Prediction
 from .errors import BadRequest, Conflict, NotFound
 from .store import IdError, atomic_write_volume, check_case_id, publish_dir, sha256_file
+from .upload_checks import UploadLimits
 from .volumes import geometry_of, geometry_volume, read_image
 from .workspace import Workspace
 
@@ -107,7 +108,7 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
     with ws.db.Session() as s:
         if s.get(Case, case_id) is not None:
             raise Conflict(f"case {case_id!r} already exists; choose another id or delete it first")
-    vol = read_image(image_path, original_name)
+    vol = read_image(image_path, original_name, source_format, UploadLimits.of(ws.config.service))
     staging = ws.tmp / f"case-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
@@ -121,7 +122,7 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
                 raise Conflict(f"case {case_id!r} already exists; choose another id or delete it first")
             final = ws.case_dir(case_id)
             if final.exists():  # left by a crash before its DB row was written: not a stored case
-                _to_trash(ws, final)
+                move_to_trash(ws, final)
             publish_dir(staging, final)
             faults.hit("case-files-written")
             s.add(Case(id=case_id, source_format=source_format, original_name=original_name,
@@ -133,10 +134,11 @@ def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: st
     return case_summary(ws, case_id)
 
 
-def _to_trash(ws: Workspace, path: Path) -> None:
+def move_to_trash(ws: Workspace, path: Path, note: str = "") -> None:
+    """Move a case folder to ``trash/<name><note>-<ms time>`` (kept, out of the store's way)."""
     trash = ws.root / "trash"
     trash.mkdir(exist_ok=True)
-    path.rename(trash / f"{path.name}-{int(time.time() * 1000)}")
+    path.rename(trash / f"{path.name}{note}-{int(time.time() * 1000)}")
 
 
 def delete_case(ws: Workspace, case_id: str) -> None:
@@ -152,7 +154,7 @@ def delete_case(ws: Workspace, case_id: str) -> None:
         s.delete(case)
         folder = ws.case_dir(case.id)
         if folder.exists():
-            _to_trash(ws, folder)
+            move_to_trash(ws, folder)
 
 
 def image_file(ws: Workspace, case_id: str) -> Path:

@@ -9,13 +9,15 @@ training round, with the active model).
 
 Talking to a worker: the supervisor writes ``wake`` / ``cancel <job>`` lines on its stdin; the worker
 prints one JSON line on stdout whenever a job changes, which wakes waiters (long-poll and SSE) at once.
-The database stays the single source of truth; waiters also re-read it at least every 0.5 s.
+The database stays the single source of truth; waiters (asyncio, holding no thread) also re-read it
+at least every second.
 A worker whose stdin closes (the API process died) exits at once; on Linux it is also killed by
 PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -27,11 +29,13 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 from sqlalchemy import select, update
 
 from .cases import get_case_row
 from .db import FINAL_STATES, Job, ModelVersion, now
 from .errors import BadRequest, Conflict, NotFound
+from .orphans import remove_orphans
 from .registry import active_version
 from .settings import ServiceSettings
 from .store import empty_dir, remove_partials
@@ -40,6 +44,7 @@ from .workspace import Workspace
 
 log = logging.getLogger("synergypl.jobs")
 LANES = ("train", "predict")
+RECHECK_SECONDS = 1.0  # waiters re-read the database this often even without a wake-up
 
 
 def job_info(job: Job) -> dict:
@@ -110,7 +115,8 @@ class JobManager:
         self.settings = settings
         self.lanes = {"train": Lane("train", settings.train_idle_seconds),
                       "predict": Lane("predict", settings.predict_idle_seconds)}
-        self.cond = threading.Condition()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._waiters_lock = threading.Lock()
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,6 +138,7 @@ class JobManager:
             ids = [j.id for j in jobs]
         remove_partials(self.ws.root / "cases")
         remove_partials(self.ws.root / "models")
+        remove_orphans(self.ws)  # label files / prediction folders published but never registered
         for tmp in self.ws.root.glob("models/*/.*.tmp"):  # the engine's atomic torch.save temporaries
             tmp.unlink(missing_ok=True)
         empty_dir(self.ws.tmp)
@@ -268,20 +275,36 @@ class JobManager:
                 "predictions_queued": sum(1 for j in rows if j.kind == "predict" and j.status == "queued"),
                 "predictions_running": sum(1 for j in rows if j.kind == "predict" and j.status == "running")}
 
-    def wait(self, job_id: int, since: str | None = None, timeout: float = 30.0) -> dict:
-        """Block until the job's ``updated_at`` differs from ``since`` or it is final (long-poll)."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            info = self.get(job_id)
-            if info["status"] in FINAL_STATES or (since is not None and info["updated_at"] != since):
-                return info
-            if since is None:
-                since = info["updated_at"]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._stop.is_set():
-                return info
-            with self.cond:
-                self.cond.wait(min(0.5, remaining))
+    async def wait(self, job_id: int, since: str | None = None, timeout: float = 30.0) -> dict:
+        """Wait until the job's ``updated_at`` differs from ``since`` or it is final (long-poll, SSE).
+
+        Runs in the event loop and holds no thread while it waits (each check of the database is a
+        short read in a worker thread), so any number of waiting clients leaves the API responsive.
+        Woken at once by :meth:`_notify`; re-reads the database at least every ``RECHECK_SECONDS``."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        waiter = (loop, changed)
+        with self._waiters_lock:
+            self._waiters.add(waiter)
+        try:
+            deadline = loop.time() + max(0.0, timeout)
+            while True:
+                changed.clear()  # before reading: a change during the read is not missed
+                info = await anyio.to_thread.run_sync(self.get, job_id)
+                if info["status"] in FINAL_STATES or (since is not None and info["updated_at"] != since):
+                    return info
+                if since is None:
+                    since = info["updated_at"]
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._stop.is_set():
+                    return info
+                try:
+                    await asyncio.wait_for(changed.wait(), min(RECHECK_SECONDS, remaining))
+                except TimeoutError:
+                    pass
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(waiter)
 
     # ---- internals -------------------------------------------------------------------------------
     def _get(self, s, job_id: int) -> Job:
@@ -299,8 +322,14 @@ class JobManager:
                            f"(POST /api/jobs/{busy.id}/cancel)", job_id=busy.id)
 
     def _notify(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+        """Wake every waiting long-poll and event stream (called from any thread)."""
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for loop, changed in waiters:
+            try:
+                loop.call_soon_threadsafe(changed.set)
+            except RuntimeError:  # its event loop has closed
+                pass
 
     def _wake(self, kind: str) -> None:
         if not self.lanes[kind].send("wake"):

@@ -18,6 +18,8 @@ from .cases import get_case_row, image_geometry, label_info, valid_id
 from .db import Case, LabelVersion, latest_label
 from .errors import BadRequest, Conflict, NotFound
 from .store import atomic_write_volume, sha256_file, unique_name
+from .upload_checks import UploadLimits
+from .uploads import format_of
 from .volumes import read_checked_label
 from .workspace import Workspace
 
@@ -45,7 +47,8 @@ def add_label_version(ws: Workspace, case_id: str, label_path: Path, *, filename
     parent = parent_version or None
     with ws.db.Session() as s:
         geom = image_geometry(get_case_row(s, case_id))
-    label = read_checked_label(label_path, filename or "label", geom, ws.config.num_classes)
+    label = read_checked_label(label_path, filename or "label", format_of(filename or label_path.name),
+                               UploadLimits.of(ws.config.service), geom, ws.config.num_classes)
     counts = np.bincount(label.array.reshape(-1), minlength=ws.config.num_classes)
     voxels = {str(v): int(c) for v, c in enumerate(counts)}
 

@@ -64,6 +64,9 @@ class ClassInfo(BaseModel):
 
 class ServiceOptions(BaseModel):
     max_upload_mb: float = 512.0
+    # what one uploaded image or label may declare (checked before it is decompressed or read)
+    max_voxels: int = Field(2**28, ge=1)  # 268 million, e.g. 512 x 512 x 1024
+    max_image_mb: float = Field(2048.0, gt=0)  # voxel data after decompression
     database_url: str | None = None  # None: sqlite file in the project folder
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     validation_seed: int = 0

@@ -11,6 +11,7 @@ from .app import AppState, state
 from .cases import add_case, case_summary, delete_case, image_file, list_cases, valid_id
 from .schemas import CaseOut, errors
 from .store import case_id_from_filename
+from .upload_checks import UploadLimits
 from .uploads import dicom_series_files, kind_of, saved_upload, unzip_dicom
 
 router = APIRouter(tags=["cases"])
@@ -28,7 +29,7 @@ def upload_case(file: UploadFile = File(..., description=".nrrd, .nii(.gz), .mha
         if kind == "dicom-zip":
             folder = unzip_dicom(path, path.parent / f"dicom-{uuid.uuid4().hex[:6]}", st.max_upload_bytes,
                                  file.filename)
-            files = dicom_series_files(folder, file.filename)
+            files = dicom_series_files(folder, file.filename, UploadLimits.of(st.ws.config.service))
             return add_case(st.ws, folder, case_id=cid, original_name=file.filename, source_format="dicom",
                             dicom_files=files)
         return add_case(st.ws, path, case_id=cid, original_name=file.filename, source_format=kind)

@@ -48,10 +48,10 @@ def jobs(kind: str | None = None, status: str | None = None, limit: int = 100,
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404),
             summary="Job state; with wait=S, waits up to S seconds for a change (long-poll)")
-def job(job_id: int, wait: float = 0.0, since: str | None = None, st: AppState = Depends(state)) -> dict:
-    if wait > 0:
-        return st.jobs.wait(job_id, since, min(wait, 60.0))
-    return st.jobs.get(job_id)
+async def job(job_id: int, wait: float = 0.0, since: str | None = None, st: AppState = Depends(state)) -> dict:
+    if wait > 0:  # async: a waiting client holds no thread of the server's pool
+        return await st.jobs.wait(job_id, since, min(wait, 60.0))
+    return await anyio.to_thread.run_sync(st.jobs.get, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409),
@@ -95,7 +95,7 @@ async def events(job_id: int, request: Request, st: AppState = Depends(state)):
             if await request.is_disconnected():
                 return
             before = info["updated_at"]
-            info = await anyio.to_thread.run_sync(st.jobs.wait, job_id, before, HEARTBEAT_SECONDS)
+            info = await st.jobs.wait(job_id, before, HEARTBEAT_SECONDS)
             if info["updated_at"] == before and info["status"] not in FINAL_STATES:
                 yield ": keep-alive\n\n"
 

@@ -27,7 +27,7 @@ def submit_label(case_id: str,
                                                              "human, in_review for model)"),
                  model_version: int | None = Form(None, description="for source=model: the model version"),
                  st: AppState = Depends(state)) -> dict:
-    if kind_of(file.filename or "") == "dicom-zip":
+    if kind_of(file.filename or "") == "dicom-zip":  # 400/422 for other types and detached headers
         raise BadRequest("labels are uploaded as a label map file (.nrrd, .nii, .nii.gz, .mha), not a ZIP")
     with saved_upload(file, st.ws.tmp, st.max_upload_bytes) as path:
         return add_label_version(st.ws, case_id, path, filename=file.filename or "label", author=author,

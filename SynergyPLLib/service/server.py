@@ -65,6 +65,7 @@ def serve(settings: ServiceSettings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .http_protocol import JsonErrorH11Protocol
 
     settings.check_project()
     lock = ProjectLock(settings.project)
@@ -81,7 +82,8 @@ def serve(settings: ServiceSettings) -> int:
         # proxy_headers=False: the client address stays the TCP peer's; forwarded requests are judged by
         # their headers in access.py, never trusted as local.
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                    timeout_graceful_shutdown=5, access_log=settings.log_level == "debug", proxy_headers=False)
+                    http=JsonErrorH11Protocol, timeout_graceful_shutdown=5,
+                    access_log=settings.log_level == "debug", proxy_headers=False)
     finally:
         lock.release()
     return 0
