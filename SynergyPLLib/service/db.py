@@ -37,6 +37,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+# Ids and version numbers are INTEGER columns: 32-bit on PostgreSQL. The API bounds every id it is given
+# to 1..MAX_ID, so a number no column can hold is a clear 4xx, not an overflow in the driver.
+MAX_ID = 2**31 - 1
+
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
 
