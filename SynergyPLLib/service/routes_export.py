@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fastapi import APIRouter, Depends, Query, Response
 
 from .app import AppState, state
@@ -18,7 +16,8 @@ router = APIRouter(tags=["export"], responses=common_errors())
 @router.get("/cases/{case_id}/export", responses={200: {"content": {"application/octet-stream": {}}},
                                                   **errors(400, 404, 409)},
             summary="A label version (default: latest) as Slicer .seg.nrrd, NIfTI or DICOM SEG")
-def export(case_id: str, format: Literal[tuple(FORMATS)] = "seg.nrrd",  # noqa: A002
+def export(case_id: str,
+           format: str = Query("seg.nrrd", json_schema_extra={"enum": list(FORMATS)}),  # noqa: A002 - checked below
            version: int | None = Query(None, ge=1, le=MAX_ID, description="default: the latest"),
            st: AppState = Depends(state)) -> Response:
     fmt = check_format(format)

@@ -3,6 +3,8 @@ download."""
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends, File, Form, Path, UploadFile
 from fastapi.responses import FileResponse
 
@@ -13,7 +15,7 @@ from .schemas import MAX_ID, LabelVersionOut, common_errors, errors
 from .uploads import kind_of, saved_upload
 
 router = APIRouter(tags=["labels"], responses=common_errors())
-VERSION_RE = r"^(latest|[0-9]{1,10})$"
+VERSION_RE = re.compile(r"latest|[0-9]{1,10}")  # ASCII digits only ("²".isdigit() is True)
 
 
 @router.post("/cases/{case_id}/labels", status_code=201, response_model=LabelVersionOut,
@@ -46,8 +48,13 @@ def versions(case_id: str, st: AppState = Depends(state)) -> list[dict]:
 
 @router.get("/cases/{case_id}/labels/{version}", response_class=FileResponse, responses=errors(400, 404),
             summary="A label version as NRRD ('latest' for the newest)")
-def label_file(case_id: str, version: str = Path(pattern=VERSION_RE, description="a version number or 'latest'"),
+def label_file(case_id: str,
+               version: str = Path(description="a version number or 'latest'",
+                                   json_schema_extra={"pattern": f"^({VERSION_RE.pattern})$"}),
                st: AppState = Depends(state)):
+    # checked here rather than by the schema so that the message says what a version is
+    if not VERSION_RE.fullmatch(version):
+        raise BadRequest(f"label version must be a number or 'latest', not {version!r}")
     lv = version_row(st.ws, case_id, None if version == "latest" else int(version))
     return FileResponse(st.ws.abs(lv.path), media_type="application/octet-stream",
                         filename=f"{case_id}-label-v{lv.version}.nrrd",

@@ -72,12 +72,12 @@ def stored(srv) -> tuple:
     ("POST", f"/api/models/{BIG}/activate", None, None, 422, "version"),
     ("POST", "/api/models/0/activate", None, None, 422, "version"),
     ("POST", "/api/models/999/activate", None, None, 404, "no model version 999"),
-    ("GET", f"/api/cases/{CID}/labels/{BIG}", None, None, 422, "version"),
-    ("GET", f"/api/cases/{CID}/labels/%C2%B2", None, None, 422, "version"),  # '²' passes str.isdigit()
+    ("GET", f"/api/cases/{CID}/labels/{BIG}", None, None, 400, "label version must be a number"),
+    ("GET", f"/api/cases/{CID}/labels/%C2%B2", None, None, 400, "label version must be a number"),  # '²' passes str.isdigit()
     ("GET", f"/api/cases/{CID}/labels/9999999999", None, None, 404, "no label version 9999999999"),
     ("GET", f"/api/cases/{CID}/export", {"version": str(BIG)}, None, 422, "version"),
     ("GET", f"/api/cases/{CID}/export", {"version": "-7"}, None, 422, "version"),
-    ("GET", f"/api/cases/{CID}/export", {"format": "exe"}, None, 422, "format"),
+    ("GET", f"/api/cases/{CID}/export", {"format": "exe"}, None, 400, "unknown export format"),
     ("POST", f"/api/cases/{CID}/predict", None, {"model_version": BIG}, 422, "model_version"),
     ("POST", f"/api/cases/{CID}/predict", None, {"model_version": -7}, 422, "model_version"),
     ("POST", f"/api/cases/{CID}/predict", None, {"model_version": 999}, 404, "no model version 999"),
