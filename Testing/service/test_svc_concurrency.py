@@ -14,13 +14,17 @@ import time
 from collections import Counter
 
 import numpy as np
-from svc_support import Server, case_image, label_file, read_bytes_volume
+import pytest
+from svc_support import BACKENDS, Server, case_image, label_file, read_bytes_volume
 
 from SynergyPLLib.client import ConflictError
 from SynergyPLLib.engine.io import read_volume
 
 SECONDS = float(os.environ.get("SYNERGYPL_STRESS_SECONDS", "20"))
 CLIENTS = int(os.environ.get("SYNERGYPL_STRESS_CLIENTS", "20"))
+
+# each test runs on SQLite and on PostgreSQL (conftest.py: database_url)
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 def test_concurrent_label_submissions(project, tmp_path):

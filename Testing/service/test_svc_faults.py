@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from svc_support import Server, case_image, label_file, read_bytes_volume, wait_gone
+from svc_support import BACKENDS, Server, case_image, label_file, read_bytes_volume, wait_gone
 
 from SynergyPLLib.client import ConflictError, ConnectionError, NotFoundError, ServerError
 from SynergyPLLib.engine.inference import Predictor
 from SynergyPLLib.engine.io import read_volume
+
+# each test runs on SQLite and on PostgreSQL (conftest.py: database_url)
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 def set_engine(project: Path, **train) -> None:
