@@ -35,6 +35,8 @@ def add_label_version(ws: Workspace, case_id: str, label_path: Path, *, filename
         raise BadRequest("author is required (who made this label)")
     if len(author) > 200:
         raise BadRequest("author is longer than 200 characters")
+    if not author.isprintable():  # NUL, tabs, newlines: PostgreSQL refuses NUL, and logs and lists would break
+        raise BadRequest(f"author must be printable text without control characters, not {author!r}")
     if source not in SOURCES:
         raise BadRequest(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
     status = status or ("confirmed" if source == "human" else "in_review")

@@ -24,15 +24,16 @@ training. Afterwards the store must be intact: every image and label version byt
 the database consistent (rows point at files with the recorded sha256, no file without its row,
 foreign keys hold) and tmp/ empty.
 
-Budget: ``SYNERGYPL_FUZZ_EXAMPLES`` fuzzing examples per operation (default 40) and a wall-clock
-limit ``SYNERGYPL_FUZZ_SECONDS`` (default 150 s) that the run must stay inside.
+The module runs once on SQLite and once on PostgreSQL (which refuses what SQLite lets through: NUL
+characters, strings longer than their column). Budget per backend: ``SYNERGYPL_FUZZ_EXAMPLES`` fuzzing
+examples per operation (default 40) and a wall-clock limit ``SYNERGYPL_FUZZ_SECONDS`` (default 150 s)
+that the run must stay inside.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,7 +42,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from svc_support import Server, make_project
+from sqlalchemy import select, text
+from svc_support import BACKENDS, Server, make_project
+
+from SynergyPLLib.service.db import Case, Database, LabelVersion
 
 EXAMPLES = int(os.environ.get("SYNERGYPL_FUZZ_EXAMPLES", "40"))
 BUDGET_SECONDS = float(os.environ.get("SYNERGYPL_FUZZ_SECONDS", "150"))
@@ -49,7 +53,10 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
           "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
           "unsupported_method")
 
-STATS: dict = {"requests": 0, "statuses": Counter(), "operations": set(), "started": None}
+STATS: dict[str, dict] = {b: {"requests": 0, "statuses": Counter(), "operations": set(), "started": None}
+                          for b in BACKENDS}
+# the whole module runs once per database backend
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 
 def store_snapshot(project: Path) -> dict[str, str]:
@@ -58,31 +65,44 @@ def store_snapshot(project: Path) -> dict[str, str]:
             for p in sorted((project / "cases").rglob("*")) if p.is_file()}
 
 
-def check_database(project: Path) -> None:
-    """Rows point at files with their recorded sha256, no label file lacks its row, keys hold."""
-    con = sqlite3.connect(project / "synergypl.sqlite")
+def check_database(project: Path, url: str) -> None:
+    """Rows point at files with their recorded sha256, no label file lacks its row, versions are 1..n
+    per case, and (SQLite) the file passes its integrity and foreign-key checks."""
+    db = Database(url)
     try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
-        rows = con.execute("SELECT case_id, version, path, sha256 FROM label_versions").fetchall()
-        for cid, version, path, sha in rows:
-            assert hashlib.sha256((project / path).read_bytes()).hexdigest() == sha, (cid, version)
-        referenced = {path for _, _, path, _ in rows}
+        with db.Session() as s:
+            if db.is_sqlite:
+                assert s.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+                assert s.execute(text("PRAGMA foreign_key_check")).all() == []
+            labels = list(s.scalars(select(LabelVersion).order_by(LabelVersion.case_id, LabelVersion.version)))
+            cases = list(s.scalars(select(Case)))
+        for lv in labels:
+            assert hashlib.sha256((project / lv.path).read_bytes()).hexdigest() == lv.sha256, (lv.case_id, lv.version)
+        for c in cases:
+            assert hashlib.sha256((project / c.image_path).read_bytes()).hexdigest() == c.image_sha256, c.id
+            assert [lv.version for lv in labels if lv.case_id == c.id] == list(
+                range(1, 1 + sum(lv.case_id == c.id for lv in labels)))
         on_disk = {str(p.relative_to(project)) for p in (project / "cases").glob("*/labels/*.nrrd")}
-        assert on_disk == referenced, on_disk ^ referenced
-        for cid, path, sha in con.execute("SELECT id, image_path, image_sha256 FROM cases"):
-            assert hashlib.sha256((project / path).read_bytes()).hexdigest() == sha, cid
+        assert on_disk == {lv.path for lv in labels}, on_disk ^ {lv.path for lv in labels}
     finally:
-        con.close()
+        db.dispose()
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory, hippocampus_dir):
-    project = make_project(tmp_path_factory.mktemp("fuzz") / "project", hippocampus_dir, cases=3, labeled=2)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory, hippocampus_dir, backend, request):
+    url = request.getfixturevalue("postgres_cluster").create_database("fuzz") if backend == "postgresql" else None
+    project = make_project(tmp_path_factory.mktemp("fuzz") / "project", hippocampus_dir, cases=3, labeled=2,
+                           database_url=url)
     before = store_snapshot(project)
     with Server(project) as srv:
         srv.case_ids = [c["id"] for c in srv.client().list_cases()]
-        srv.store_before = before
+        srv.store_before, srv.backend = before, backend
+        srv.database_url = url or f"sqlite:///{project / 'synergypl.sqlite'}"
         yield srv
 
 
@@ -132,12 +152,13 @@ def _checks():
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 def test_api_fuzz(case, fuzz_server):
-    if STATS["started"] is None:
-        STATS["started"] = time.monotonic()
+    stats = STATS[fuzz_server.backend]
+    if stats["started"] is None:
+        stats["started"] = time.monotonic()
     response = case.call(timeout=60)
-    STATS["requests"] += 1
-    STATS["statuses"][response.status_code] += 1
-    STATS["operations"].add(f"{case.operation.method.upper()} {case.operation.path}")
+    stats["requests"] += 1
+    stats["statuses"][response.status_code] += 1
+    stats["operations"].add(f"{case.operation.method.upper()} {case.operation.path}")
     if case.operation.path == "/api/train" and response.status_code == 202:
         fuzz_server.client().cancel_job(response.json()["id"])  # see the module docstring
     case.validate_response(response, checks=_checks())
@@ -146,16 +167,17 @@ def test_api_fuzz(case, fuzz_server):
 @pytest.mark.data
 def test_store_intact_after_fuzzing(fuzz_server):
     """Runs after the fuzzing in this module: nothing it sent changed or lost stored data."""
-    project = fuzz_server.project
-    assert STATS["requests"] > 0, "the fuzzing test did not run first"
+    project, stats = fuzz_server.project, STATS[fuzz_server.backend]
+    assert stats["requests"] > 0, "the fuzzing test did not run first"
     fuzz_server.stop()
-    check_database(project)
+    check_database(project, fuzz_server.database_url)
     assert store_snapshot(project) == fuzz_server.store_before
     assert list((project / "tmp").iterdir()) == []
-    seconds = time.monotonic() - STATS["started"]
-    five = sum(n for s, n in STATS["statuses"].items() if s >= 500)
-    print(f"\nfuzzing: {STATS['requests']} requests, {len(STATS['operations'])} operations, "
-          f"{seconds:.0f} s, statuses {dict(sorted(STATS['statuses'].items()))}, 5xx = {five}")
+    seconds = time.monotonic() - stats["started"]
+    five = sum(n for s, n in stats["statuses"].items() if s >= 500)
+    print(f"\nfuzzing ({fuzz_server.backend}): {stats['requests']} requests, {len(stats['operations'])} of "
+          f"{len(fuzz_server.operations)} operations, {seconds:.0f} s, statuses "
+          f"{dict(sorted(stats['statuses'].items()))}, 5xx = {five}")
     assert five == 0
-    assert STATS["operations"] == fuzz_server.operations, fuzz_server.operations - STATS["operations"]
+    assert stats["operations"] == fuzz_server.operations, fuzz_server.operations - stats["operations"]
     assert seconds < BUDGET_SECONDS, f"fuzzing took {seconds:.0f} s, more than its budget of {BUDGET_SECONDS:.0f} s"
