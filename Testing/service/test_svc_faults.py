@@ -137,7 +137,7 @@ def test_kill9_service_during_label_upload(project, tmp_path, database_url):
         assert unacked in range(0, KILL_ROUNDS + 1)
         assert len(acked) > 3
         assert list((project / "tmp").iterdir()) == []
-    print(f"\n{KILL_ROUNDS + 1} kill -9 during label uploads ({database_url or 'sqlite'}): {len(acked)} versions "
+    print(f"\n{KILL_ROUNDS + 1} kill -9 during label uploads ({'postgresql' if database_url else 'sqlite'}): {len(acked)} versions "
           f"acknowledged, all {len(acked)} stored and intact (sha256), {unacked} stored but not acknowledged, 0 lost")
 
 
