@@ -103,8 +103,10 @@ def case_summary(ws: Workspace, case_id: str) -> dict:
 
 def add_case(ws: Workspace, image_path: Path, *, case_id: str, original_name: str, source_format: str,
              dicom_files: list[Path] | None = None) -> dict:
-    """Check the image, store it (and its DICOM files) and register the case. 409 if the id exists."""
+    """Check the image, store it (and its DICOM files) and register the case. 409 if the id exists.
+    ``original_name`` is kept for display only: control characters dropped, cut to its column's 255."""
     valid_id(case_id)
+    original_name = "".join(ch for ch in (original_name or "") if ch.isprintable())[:255]
     with ws.db.Session() as s:
         if s.get(Case, case_id) is not None:
             raise Conflict(f"case {case_id!r} already exists; choose another id or delete it first")

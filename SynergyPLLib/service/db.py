@@ -1,14 +1,19 @@
-"""The project database: SQLAlchemy 2 models and engine set-up (SQLite in WAL mode by default; any
-SQLAlchemy URL such as PostgreSQL works).
+"""The project database: SQLAlchemy 2 models and engine set-up. SQLite in WAL mode by default (a file in
+the project folder); PostgreSQL (tested: 15, driver psycopg 3) when ``service.database_url`` in
+``project.yaml`` or the environment variable ``SYNERGYPL_DATABASE_URL`` names one
+(``postgresql://user@host/db`` is read as ``postgresql+psycopg://...``).
 
 Tables: ``cases``, ``label_versions`` (write-once rows, unique per case and version), ``model_versions``,
 ``predictions``, ``jobs`` and ``meta`` (key/value, e.g. the active model).
 
-:func:`write_session` is the transaction for read-check-insert sequences (label versions, job
-start): in this process a lock serialises them; on SQLite the transaction is ``BEGIN IMMEDIATE`` (the
-write lock is taken before the check, so another process cannot slip in between); on other databases
-the callers lock the rows they check (``SELECT ... FOR UPDATE``). The unique constraint on
-``(case_id, version)`` is the last line of defence.
+:func:`write_session` is the transaction for read-check-insert sequences (label versions, job start,
+a worker claiming a job, a round registering its model): in this process a lock serialises them; across
+processes (the API and its workers) the database does. On SQLite the transaction is ``BEGIN IMMEDIATE``
+(the write lock is taken before the check, so another process cannot slip in between); on PostgreSQL it
+first takes a transaction-level advisory lock (``pg_advisory_xact_lock``), the same one-writer rule,
+released at commit or rollback, also when the process is killed. Label versions also lock their case
+row (``SELECT ... FOR UPDATE``), and the unique constraint on ``(case_id, version)`` is the last line of
+defence.
 """
 
 from __future__ import annotations
@@ -31,11 +36,18 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
+    insert,
     select,
+    text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+# Ids and version numbers are INTEGER columns: 32-bit on PostgreSQL. The API bounds every id it is given
+# to 1..MAX_ID, so a number no column can hold is a clear 4xx, not an overflow in the driver.
+MAX_ID = 2**31 - 1
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
@@ -147,15 +159,33 @@ class Meta(Base):
     value: Mapped[Any] = mapped_column(JSON)
 
 
+# Any constant: the key of the advisory lock that write_session takes on PostgreSQL.
+PG_WRITE_LOCK = 0x53594E50  # "SYNP"
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` / ``postgres://`` -> ``postgresql+psycopg://`` (the driver installed with the
+    service); other URLs unchanged."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
 class Database:
     """Engine + session factory for one project; safe to share between threads of a process."""
 
     def __init__(self, url: str) -> None:
+        url = normalise_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.is_postgres = url.startswith("postgresql")
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        else:
+            # a server restart or an idle-connection timeout must not turn the next request into a 500
+            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=60)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_setup(self.engine)
@@ -183,6 +213,8 @@ class Database:
         """A serialised transaction for check-then-insert (see module docstring)."""
         with self.lock, self._write() as s:
             try:
+                if self.is_postgres:
+                    s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITE_LOCK})
                 yield s
                 s.commit()
             except BaseException:
@@ -222,6 +254,28 @@ def _sqlite_setup(engine: Engine) -> None:
     def _begin(conn):  # noqa: ANN001
         mode = conn.get_execution_options().get("synergypl_begin", "")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def copy_database(src: Database, dst: Database) -> dict[str, int]:
+    """Copy every row of ``src`` into the empty database ``dst`` (e.g. a project's SQLite file into its
+    new PostgreSQL database), then move ``dst``'s id sequences past the copied ids so that new rows do not
+    collide. Returns the number of rows per table."""
+    dst.create()
+    counts = {}
+    with src.engine.connect() as a, dst.engine.begin() as b:
+        for table in Base.metadata.sorted_tables:  # parents before children (foreign keys)
+            rows = [dict(r._mapping) for r in a.execute(select(table))]
+            if rows:
+                b.execute(insert(table), rows)
+            counts[table.name] = len(rows)
+        if dst.is_postgres:
+            for table in Base.metadata.sorted_tables:
+                for col in table.primary_key.columns:
+                    seq = b.scalar(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table.name, "c": col.name})
+                    if seq:  # a SERIAL id column
+                        top = b.scalar(select(func.max(col))) or 0
+                        b.execute(text("SELECT setval(:s, :v, :called)"), {"s": seq, "v": max(top, 1), "called": top > 0})
+    return counts
 
 
 def latest_label(s: Session, case_id: str) -> LabelVersion | None:

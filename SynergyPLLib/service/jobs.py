@@ -33,7 +33,7 @@ import anyio
 from sqlalchemy import select, update
 
 from .cases import get_case_row
-from .db import FINAL_STATES, Job, ModelVersion, now
+from .db import FINAL_STATES, MAX_ID, Job, ModelVersion, now
 from .errors import BadRequest, Conflict, NotFound
 from .orphans import remove_orphans
 from .registry import active_version
@@ -175,7 +175,7 @@ class JobManager:
         with self.ws.db.write_session() as s:
             case = get_case_row(s, case_id)
             if model_version is not None:
-                if s.get(ModelVersion, model_version) is None:
+                if not 1 <= model_version <= MAX_ID or s.get(ModelVersion, model_version) is None:
                     raise NotFound(f"no model version {model_version}")
             elif active_version(self.ws) is None:
                 raise Conflict("there is no model yet: train a first round (POST /api/train) before predicting")
@@ -308,7 +308,7 @@ class JobManager:
 
     # ---- internals -------------------------------------------------------------------------------
     def _get(self, s, job_id: int) -> Job:
-        job = s.get(Job, job_id)
+        job = s.get(Job, job_id) if 1 <= job_id <= MAX_ID else None
         if job is None:
             raise NotFound(f"no job {job_id}")
         return job

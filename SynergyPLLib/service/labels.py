@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from . import faults
 from .cases import get_case_row, image_geometry, label_info, valid_id
-from .db import Case, LabelVersion, latest_label
+from .db import MAX_ID, Case, LabelVersion, ModelVersion, latest_label
 from .errors import BadRequest, Conflict, NotFound
 from .store import atomic_write_volume, sha256_file, unique_name
 from .upload_checks import UploadLimits
@@ -37,13 +37,17 @@ def add_label_version(ws: Workspace, case_id: str, label_path: Path, *, filename
         raise BadRequest("author is required (who made this label)")
     if len(author) > 200:
         raise BadRequest("author is longer than 200 characters")
+    if not author.isprintable():  # NUL, tabs, newlines: PostgreSQL refuses NUL, and logs and lists would break
+        raise BadRequest(f"author must be printable text without control characters, not {author!r}")
     if source not in SOURCES:
         raise BadRequest(f"source must be one of {', '.join(SOURCES)}, not {source!r}")
     status = status or ("confirmed" if source == "human" else "in_review")
     if status not in LABEL_STATUSES:
         raise BadRequest(f"status must be one of {', '.join(LABEL_STATUSES)}, not {status!r}")
-    if parent_version is not None and parent_version < 0:
-        raise BadRequest("parent_version must be 0 (no earlier version) or a version number")
+    if parent_version is not None and not 0 <= parent_version <= MAX_ID:
+        raise BadRequest(f"parent_version must be 0 (no earlier version) or a version number, not {parent_version}")
+    if model_version is not None and not 1 <= model_version <= MAX_ID:
+        raise BadRequest(f"model_version must be a model version number (1 or more), not {model_version}")
     parent = parent_version or None
     with ws.db.Session() as s:
         geom = image_geometry(get_case_row(s, case_id))
@@ -67,17 +71,25 @@ def add_label_version(ws: Workspace, case_id: str, label_path: Path, *, filename
                 f"by {latest.author} ({latest.created_at:%Y-%m-%d %H:%M:%S} UTC) is. Load version "
                 f"{latest.version}, merge your changes and submit again with parent_version={latest.version}.",
                 latest_version=latest.version, latest_author=latest.author)
+        if model_version is not None and s.get(ModelVersion, model_version) is None:
+            have = list(s.scalars(select(ModelVersion.version).order_by(ModelVersion.version)))
+            raise NotFound(f"model_version {model_version} names no model of this project "
+                           f"(versions: {have or 'none yet'}); leave it out for a label made by a person")
         version = (latest_v or 0) + 1
         path = ws.case_dir(case_id) / "labels" / unique_name(f"v{version:04d}", ".nrrd")
         # stored on the image's exact grid (the label agrees with it within tolerance)
         atomic_write_volume(geom.with_array(np.ascontiguousarray(label.array)), path)
-        faults.hit("label-file-written")
-        lv = LabelVersion(case_id=case_id, version=version, parent_version=parent, author=author, source=source,
-                          status=status, model_version=model_version, path=ws.rel(path),
-                          sha256=sha256_file(path), voxels=voxels)
-        s.add(lv)
-        s.flush()
-        return label_info(lv)
+        try:
+            faults.hit("label-file-written")
+            lv = LabelVersion(case_id=case_id, version=version, parent_version=parent, author=author,
+                              source=source, status=status, model_version=model_version, path=ws.rel(path),
+                              sha256=sha256_file(path), voxels=voxels)
+            s.add(lv)
+            s.flush()
+            return label_info(lv)
+        except BaseException:
+            path.unlink(missing_ok=True)  # refused by the database: no file without its row
+            raise
 
 
 def list_versions(ws: Workspace, case_id: str) -> list[dict]:
@@ -97,8 +109,8 @@ def version_row(ws: Workspace, case_id: str, version: int | None) -> LabelVersio
             if lv is None:
                 raise NotFound(f"case {case_id!r} has no label versions")
             return lv
-        lv = s.scalars(select(LabelVersion).where(LabelVersion.case_id == case_id,
-                                                  LabelVersion.version == version)).first()
+        lv = None if not 1 <= version <= MAX_ID else s.scalars(select(LabelVersion).where(
+            LabelVersion.case_id == case_id, LabelVersion.version == version)).first()
         if lv is None:
             latest = latest_label(s, case_id)
             have = f"versions 1..{latest.version}" if latest else "no versions"

@@ -21,6 +21,7 @@ Folder layout (all paths below the project folder)::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from SynergyPLLib.engine.config import EngineConfig
 from .store import atomic_write_bytes
 
 CONFIG_NAMES = ("project.yaml", "project.yml", "project.json")
+DATABASE_URL_ENV = "SYNERGYPL_DATABASE_URL"
 
 
 class Code(BaseModel):
@@ -113,7 +115,10 @@ class ProjectConfig(BaseModel):
         return EngineConfig.from_dict(d)
 
     def database_url(self, root: Path) -> str:
-        return self.service.database_url or f"sqlite:///{(root / 'synergypl.sqlite').resolve()}"
+        """``SYNERGYPL_DATABASE_URL`` (keeps a password out of project.yaml), else ``service.database_url``,
+        else the SQLite file in the project folder."""
+        return (os.environ.get(DATABASE_URL_ENV) or self.service.database_url
+                or f"sqlite:///{(root / 'synergypl.sqlite').resolve()}")
 
     # ---- files ---------------------------------------------------------------------------------
     @classmethod

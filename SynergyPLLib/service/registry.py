@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from .db import ModelVersion
+from .db import MAX_ID, ModelVersion
 from .errors import NotFound
 from .workspace import Workspace
 
@@ -39,7 +39,7 @@ def list_models(ws: Workspace) -> list[dict]:
 def activate(ws: Workspace, version: int) -> dict:
     """Make ``version`` the model used by predictions (404 if it does not exist)."""
     with ws.db.write_session() as s:
-        mv = s.get(ModelVersion, version)
+        mv = s.get(ModelVersion, version) if 1 <= version <= MAX_ID else None
         if mv is None:
             have = [m.version for m in s.scalars(select(ModelVersion).order_by(ModelVersion.version))]
             raise NotFound(f"no model version {version} (versions: {have or 'none yet; train first'})")
@@ -64,7 +64,7 @@ def register(ws: Workspace, s, *, job_id: int, model_file: Path, sha256: str, me
 
 def model_file(ws: Workspace, version: int) -> Path:
     with ws.db.Session() as s:
-        mv = s.get(ModelVersion, version)
+        mv = s.get(ModelVersion, version) if 1 <= version <= MAX_ID else None
         if mv is None:
             raise NotFound(f"no model version {version}")
         return ws.abs(mv.path)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from .app import AppState, state
-from .cases import add_case, case_summary, delete_case, image_file, list_cases, valid_id
-from .schemas import CaseOut, errors
+from .cases import STATUSES, add_case, case_summary, delete_case, image_file, list_cases, valid_id
+from .schemas import CaseOut, common_errors, errors
 from .store import case_id_from_filename
 from .upload_checks import UploadLimits
 from .uploads import dicom_series_files, kind_of, saved_upload, unzip_dicom
 
-router = APIRouter(tags=["cases"])
+router = APIRouter(tags=["cases"], responses=common_errors())
 NRRD = "application/octet-stream"
 
 
@@ -36,7 +37,7 @@ def upload_case(file: UploadFile = File(..., description=".nrrd, .nii(.gz), .mha
 
 
 @router.get("/cases", response_model=list[CaseOut], responses=errors(400), summary="All cases with status")
-def cases(status: str | None = None, st: AppState = Depends(state)) -> list[dict]:
+def cases(status: Literal[STATUSES] | None = None, st: AppState = Depends(state)) -> list[dict]:
     return list_cases(st.ws, status)
 
 

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from .app import AppState, state
 from .cases import get_case_row
 from .export import FORMATS, check_format, dicom_seg_bytes, nifti_bytes, seg_nrrd_bytes
 from .labels import version_row
-from .schemas import errors
+from .schemas import MAX_ID, common_errors, errors
 
-router = APIRouter(tags=["export"])
+router = APIRouter(tags=["export"], responses=common_errors())
 
 
 @router.get("/cases/{case_id}/export", responses={200: {"content": {"application/octet-stream": {}}},
                                                   **errors(400, 404, 409)},
             summary="A label version (default: latest) as Slicer .seg.nrrd, NIfTI or DICOM SEG")
-def export(case_id: str, format: str = "seg.nrrd", version: int | None = None,  # noqa: A002
+def export(case_id: str,
+           format: str = Query("seg.nrrd", json_schema_extra={"enum": list(FORMATS)}),  # noqa: A002 - checked below
+           version: int | None = Query(None, ge=1, le=MAX_ID, description="default: the latest"),
            st: AppState = Depends(state)) -> Response:
     fmt = check_format(format)
     with st.ws.db.Session() as s:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
 from . import SERVICE_VERSION
 from .app import AppState, state
 from .cases import list_cases
 from .registry import activate, active_version, list_models
-from .schemas import InfoOut, ModelOut, errors
+from .schemas import MAX_ID, HealthOut, InfoOut, ModelOut, common_errors, errors
 
-router = APIRouter(tags=["project"])
+router = APIRouter(tags=["project"], responses=common_errors())
 
 
-@router.get("/health", summary="Liveness check")
+@router.get("/health", response_model=HealthOut, summary="Liveness check")
 def health() -> dict:
     return {"status": "ok", "server_version": SERVICE_VERSION}
 
@@ -46,5 +46,5 @@ def models(st: AppState = Depends(state)) -> list[dict]:
 
 @router.post("/models/{version}/activate", response_model=ModelOut, responses=errors(404),
              summary="Use this model version for predictions (rollback)")
-def activate_model(version: int, st: AppState = Depends(state)) -> dict:
+def activate_model(version: int = Path(ge=1, le=MAX_ID), st: AppState = Depends(state)) -> dict:
     return activate(st.ws, version)

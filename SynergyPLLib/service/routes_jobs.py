@@ -4,17 +4,19 @@ events), cancel, resume an interrupted round."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from .app import AppState, state
-from .db import FINAL_STATES, Job
-from .schemas import JobOut, RoundOut, TrainIn, errors
+from .db import FINAL_STATES, JOB_STATES, Job
+from .schemas import MAX_ID, JobOut, RoundOut, TrainIn, common_errors, errors
 
-router = APIRouter(tags=["training and jobs"])
+router = APIRouter(tags=["training and jobs"], responses=common_errors())
+JOB_ID = Path(ge=1, le=MAX_ID, description="a job id (GET /api/jobs)")
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -41,14 +43,16 @@ def history(st: AppState = Depends(state)) -> list[dict]:
 
 
 @router.get("/jobs", response_model=list[JobOut], summary="Recent jobs, newest first")
-def jobs(kind: str | None = None, status: str | None = None, limit: int = 100,
-         st: AppState = Depends(state)) -> list[dict]:
-    return st.jobs.list(kind, status, max(1, min(limit, 1000)))
+def jobs(kind: Literal["train", "predict"] | None = None, status: Literal[JOB_STATES] | None = None,
+         limit: int = Query(100, ge=1, le=1000), st: AppState = Depends(state)) -> list[dict]:
+    return st.jobs.list(kind, status, limit)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=errors(404),
             summary="Job state; with wait=S, waits up to S seconds for a change (long-poll)")
-async def job(job_id: int, wait: float = 0.0, since: str | None = None, st: AppState = Depends(state)) -> dict:
+async def job(job_id: int = JOB_ID, wait: float = Query(0.0, ge=0.0, le=60.0, description="seconds to wait for a change"),
+              since: str | None = Query(None, max_length=64, description="the updated_at last seen"),
+              st: AppState = Depends(state)) -> dict:
     if wait > 0:  # async: a waiting client holds no thread of the server's pool
         return await st.jobs.wait(job_id, since, min(wait, 60.0))
     return await anyio.to_thread.run_sync(st.jobs.get, job_id)
@@ -56,13 +60,13 @@ async def job(job_id: int, wait: float = 0.0, since: str | None = None, st: AppS
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=errors(404, 409),
              summary="Cancel a queued job, or ask a running one to stop")
-def cancel(job_id: int, st: AppState = Depends(state)) -> dict:
+def cancel(job_id: int = JOB_ID, st: AppState = Depends(state)) -> dict:
     return st.jobs.cancel(job_id)
 
 
 @router.post("/jobs/{job_id}/resume", status_code=202, response_model=JobOut, responses=errors(404, 409),
              summary="Continue an interrupted training round from its last checkpoint")
-def resume(job_id: int, st: AppState = Depends(state)) -> dict:
+def resume(job_id: int = JOB_ID, st: AppState = Depends(state)) -> dict:
     return st.jobs.resume(job_id)
 
 
@@ -72,7 +76,7 @@ def _sse(event: str, data: dict, eid: int) -> str:
 
 @router.get("/jobs/{job_id}/events", responses={200: {"content": {"text/event-stream": {}}}, **errors(404)},
             summary="Server-sent events: 'progress' (iteration, losses, val_dice, eta_seconds), 'status', 'end'")
-async def events(job_id: int, request: Request, st: AppState = Depends(state)):
+async def events(request: Request, job_id: int = JOB_ID, st: AppState = Depends(state)):
     first = await anyio.to_thread.run_sync(st.jobs.get, job_id)  # 404 before the stream starts
 
     async def stream():

@@ -9,20 +9,21 @@ model exists, so the ranking fills in as the prediction worker gets through them
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from .app import AppState, state
 from .cases import list_cases
 from .errors import NotFound
 from .registry import active_version
-from .schemas import NextCaseOut, errors
+from .schemas import NextCaseOut, common_errors, errors
 
-router = APIRouter(tags=["cases"])
+router = APIRouter(tags=["cases"], responses=common_errors())
 
 
 @router.get("/next-case", response_model=NextCaseOut, responses=errors(404),
             summary="The unlabeled or predicted case with the most disagreement")
-def next_case(predict: bool = True, max_queue: int = 20, st: AppState = Depends(state)) -> dict:
+def next_case(predict: bool = True, max_queue: int = Query(20, ge=0, le=1000, description="most predictions to queue"),
+              st: AppState = Depends(state)) -> dict:
     cands = [c for c in list_cases(st.ws) if c["status"] in ("unlabeled", "predicted")]
     if not cands:
         raise NotFound("no case is waiting: every case has a label version (upload more images to continue)")
@@ -30,7 +31,7 @@ def next_case(predict: bool = True, max_queue: int = 20, st: AppState = Depends(
     pending = [c for c in cands if not c["prediction"]]
     queued = []
     if predict and pending and active_version(st.ws) is not None:
-        for c in pending[:max(0, max_queue)]:
+        for c in pending[:max_queue]:
             job, _ = st.jobs.submit_predict(c["id"])
             queued.append(job["id"])
     if predicted:

@@ -4,6 +4,7 @@ and the label / heatmap / region-map volumes as NRRD in the case's geometry)."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Response
 from fastapi.responses import FileResponse
@@ -11,10 +12,10 @@ from fastapi.responses import FileResponse
 from .app import AppState, state
 from .cases import get_case_row
 from .db import latest_prediction
-from .errors import BadRequest, NotFound
-from .schemas import JobOut, PredictIn, errors
+from .errors import NotFound
+from .schemas import JobOut, PredictIn, common_errors, errors
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], responses=common_errors())
 KINDS = {"label": "label.nrrd", "heatmap": "heatmap.nrrd", "regions": "regions.nrrd"}
 
 
@@ -45,8 +46,6 @@ def prediction(case_id: str, st: AppState = Depends(state)) -> dict:
 
 @router.get("/cases/{case_id}/prediction/{kind}", response_class=FileResponse, responses=errors(400, 404),
             summary="Latest prediction volume as NRRD: label | heatmap (1 = certain) | regions (codes 0-3)")
-def prediction_volume(case_id: str, kind: str, st: AppState = Depends(state)):
-    if kind not in KINDS:
-        raise BadRequest(f"unknown prediction volume {kind!r}; use one of {', '.join(KINDS)}")
+def prediction_volume(case_id: str, kind: Literal[tuple(KINDS)], st: AppState = Depends(state)):
     return FileResponse(_prediction_dir(st, case_id) / KINDS[kind], media_type="application/octet-stream",
                         filename=f"{case_id}-{kind}.nrrd")

@@ -5,18 +5,42 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from SynergyPLLib.engine.config import METHODS
+
+from .db import MAX_ID  # noqa: F401 - the bound of every id and version parameter
 
 
 class ErrorOut(BaseModel):
+    """Every error body; some carry more keys (a label conflict adds ``latest_version`` and
+    ``latest_author``, a busy training lane ``job_id``)."""
+
+    model_config = ConfigDict(extra="allow")
     detail: str = Field(description="what went wrong, in words a person understands")
 
 
-ERRORS = {s: {"model": ErrorOut} for s in (400, 401, 404, 409, 413, 422)}
+ERROR_TEXT = {400: "bad input (the message names the problem)", 401: "token missing or wrong",
+              403: "request refused (foreign origin or host)", 404: "not found (the message says what exists)",
+              405: "method not allowed", 409: "conflicts with the stored state (the message says how to resolve it)",
+              413: "upload larger than the limit", 422: "a parameter or file that cannot be used"}
+ERRORS = {s: {"model": ErrorOut, "description": d} for s, d in ERROR_TEXT.items()}
+# Statuses any route can answer before it runs: the access and upload-size guard, and request validation.
+COMMON_ERRORS = (401, 403, 413, 422)
 
 
 def errors(*codes: int) -> dict:
     return {c: ERRORS[c] for c in codes}
+
+
+def common_errors() -> dict:
+    """The ``responses`` of every router (see :data:`COMMON_ERRORS`)."""
+    return errors(*COMMON_ERRORS)
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    server_version: str
 
 
 class CodeOut(BaseModel):
@@ -131,11 +155,11 @@ class CaseOut(BaseModel):
 class TrainIn(BaseModel):
     iterations: int | None = Field(None, ge=1, le=1_000_000, description="default: the project's engine config")
     labels: Literal["confirmed", "all"] = "confirmed"
-    method: str | None = Field(None, description="engine method; default: the project's (synergypl)")
+    method: Literal[METHODS] | None = Field(None, description="engine method; default: the project's (synergypl)")
 
 
 class PredictIn(BaseModel):
-    model_version: int | None = Field(None, description="default: the active model")
+    model_version: int | None = Field(None, ge=1, le=MAX_ID, description="default: the active model")
 
 
 class RoundOut(BaseModel):

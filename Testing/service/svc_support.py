@@ -27,6 +27,8 @@ from SynergyPLLib.engine.io import Volume, read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_ITERATIONS = 8
+# database backends of the datastore, concurrency and crash tests (see conftest.py: ``database_url``)
+BACKENDS = ["sqlite", "postgresql"]
 
 
 def free_port() -> int:

@@ -7,10 +7,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from svc_support import Server, case_image, label_file, read_bytes_volume, zip_folder
+from svc_support import BACKENDS, Server, case_image, label_file, read_bytes_volume, zip_folder
 
 from SynergyPLLib.client import ConflictError, NotFoundError
 from SynergyPLLib.engine.io import read_volume
+
+# each test runs on SQLite and on PostgreSQL (conftest.py: database_url)
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 @pytest.fixture
