@@ -112,6 +112,7 @@ def api_schema(fuzz_server):
         "seed": 8,
         "base-url": fuzz_server.url,
         "request-timeout": 60,
+        "headers": fuzz_server.auth_headers(),  # the project's token, as every client sends it
         "phases": {"stateful": {"enabled": False}},
         "generation": {"max-examples": EXAMPLES, "mode": "all", "deterministic": True, "database": "none"},
     })
