@@ -182,7 +182,8 @@ def overlay_figure(image: Volume, pred: Prediction, classes: list[str], *, flag_
                              "bottom": (0.5, 0.02)}.items():
             ax.text(x, y, plan.markers[side], transform=ax.transAxes, color="yellow", fontsize=11,
                     fontweight="bold", ha={"left": "left", "right": "right"}.get(side, "center"),
-                    va={"top": "top", "bottom": "bottom"}.get(side, "center"))
+                    va={"top": "top", "bottom": "bottom"}.get(side, "center"),
+                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 1.0, "edgecolor": "none"})
         tilt = f", tilted {plan.tilt_deg:.1f}°" if plan.tilt_deg >= 1.0 else ""
         ax.set_title(f"{plan.name}  {index + 1}/{shape[plan.slice_axis]}{tilt}", fontsize=10)
         ax.axis("off")
@@ -191,7 +192,7 @@ def overlay_figure(image: Volume, pred: Prediction, classes: list[str], *, flag_
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
     if tint is not None:
         fig.colorbar(tint, ax=list(axes), fraction=0.02, pad=0.01,
-                     label=f"1 - confidence (shown below {flag_threshold:g})")
+                     label=f"1 - confidence (tinted where confidence < {flag_threshold:g})")
     mm = " x ".join(f"{s:g}" for s in spacing)
     fig.suptitle(f"{title or Path(image.source).name or 'case'} ({mm} mm voxels): label outlines, "
                  "low-confidence heatmap, top flagged regions", fontsize=10)
