@@ -65,13 +65,18 @@ def cmd_infer(args) -> int:
 
     from .engine.inference import Predictor
     from .engine.io import read_volume
-    from .engine.outputs import write_prediction
+    from .engine.outputs import output_stems, write_prediction
 
+    out_dir = Path(args.out) if args.out else None
+    inputs = [Path(p) for p in args.inputs]
+    stems = output_stems(inputs, out_dir)  # before any work: same-named inputs must not overwrite each other
     predictor = Predictor.from_checkpoint(args.model)
-    for path in tqdm(args.inputs, desc="infer", unit="case"):
+    threshold = predictor.config.inference.flag_threshold if args.threshold is None else args.threshold
+    for path, stem in tqdm(list(zip(inputs, stems, strict=True)), desc="infer", unit="case"):
         image = read_volume(path)
-        pred = predictor.predict(image, heatmap=True, flag_threshold=args.threshold)
-        written = write_prediction(pred, image, Path(path), Path(args.out) if args.out else None, predictor.classes)
+        pred = predictor.predict(image, heatmap=True, flag_threshold=threshold)
+        written = write_prediction(pred, image, path, out_dir, predictor.classes, flag_threshold=threshold,
+                                   stem=stem)
         print(json.dumps({"input": str(path), "seconds": round(pred.seconds, 3),
                           "flagged_regions": len(pred.regions), **{k: str(v) for k, v in written.items()}}))
     return 0
@@ -117,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (model.pt, state.pt)")
     t.set_defaults(func=cmd_train)
 
-    i = sub.add_parser("infer", help="label map, heatmap, regions and a PNG next to each input")
+    i = sub.add_parser("infer", help="label map, heatmap, regions and a PNG next to each input "
+                       "(volumes in the input's format; NRRD for a DICOM series)")
     i.add_argument("--model", required=True, help="model.pt")
     i.add_argument("inputs", nargs="+", help="NIfTI / NRRD files or DICOM series folders")
     i.add_argument("--out", help="write here instead of next to the input")

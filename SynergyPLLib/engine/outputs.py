@@ -1,5 +1,11 @@
-"""Writing a prediction to disk: label, heatmap and region map volumes, flagged regions JSON, and a PNG
-with three orthogonal slices (image, heatmap overlay, label contours) through the top flagged region.
+"""Writing a prediction to disk: label, heatmap and region map volumes, flagged regions JSON, and the
+overlay PNG (see :mod:`.overlay`).
+
+Volumes keep the input's geometry: a NIfTI, NRRD or MHA input gets outputs in its own format; a DICOM
+series gets NRRD, whose header stores origin and axes as decimal doubles (NIfTI stores float32, which
+moves an oblique series' origin by ~1e-6 mm, enough for ITK to refuse to combine label and series).
+
+Output names come from the input's name; :func:`output_stems` makes them unique across one run.
 """
 
 from __future__ import annotations
@@ -7,80 +13,83 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .inference import Prediction
 from .io import Volume, write_volume
+from .overlay import render_overlay
+
+# input suffix -> (format tag used to tell same-named inputs apart, output suffix)
+_FORMATS = {".nii.gz": ("nii", ".nii.gz"), ".nii": ("nii", ".nii.gz"), ".nrrd": ("nrrd", ".nrrd"),
+            ".nhdr": ("nrrd", ".nrrd"), ".mha": ("mha", ".mha"), ".mhd": ("mha", ".mha")}
+_DICOM = ("dicom", ".nrrd")  # a series folder: NRRD keeps its geometry in double precision
+OUTPUT_KINDS = ("label", "heatmap", "region_map", "regions", "png")
 
 
-def _stem_and_ext(path: Path) -> tuple[str, str]:
+def _split(path: Path) -> tuple[str, str, str]:
+    """(stem, format tag, output suffix) of an input file or DICOM series folder."""
     name = path.name
-    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+    for ext, (tag, out_ext) in _FORMATS.items():
         if name.lower().endswith(ext):
-            return name[: -len(ext)], (".nrrd" if ext in (".nrrd", ".nhdr") else ".nii.gz")
-    return name, ".nii.gz"  # a DICOM series folder
+            return name[: -len(ext)], tag, out_ext
+    return name, *_DICOM
+
+
+def output_suffix(input_path: Path) -> str:
+    """The volume suffix of the outputs for ``input_path``: its own format, NRRD for a DICOM folder."""
+    return _split(Path(input_path))[2]
+
+
+def output_stems(inputs: list[Path], out_dir: Path | None) -> list[str]:
+    """One output name stem per input, unique among the inputs that write into the same folder.
+
+    ``x.nii.gz`` gives ``x``; when two inputs would share a stem (``x.nii.gz`` and ``x.nrrd``) both get
+    their format appended (``x_nii``, ``x_nrrd``). Raises ValueError, naming the inputs, when names still
+    collide (the same file given twice, or same-named files from several folders into one ``--out``).
+    """
+    inputs = [Path(p) for p in inputs]
+    parts = [_split(p) for p in inputs]
+    folders = [(out_dir or p.parent).resolve() for p in inputs]
+    plain = [(f, s) for f, (s, _, _) in zip(folders, parts, strict=True)]
+    stems = [s if plain.count(key) == 1 else f"{s}_{tag}"
+             for key, (s, tag, _) in zip(plain, parts, strict=True)]
+    seen: dict[tuple[Path, str], Path] = {}
+    for folder, stem, path in zip(folders, stems, inputs, strict=True):
+        other = seen.setdefault((folder, stem), path)
+        if other is not path:
+            raise ValueError(f"inputs {other} and {path} would write the same outputs {folder / stem}_*; "
+                             "give each input once, or run them with different --out folders")
+    return stems
+
+
+def output_paths(input_path: Path, out_dir: Path | None, stem: str | None = None) -> dict[str, Path]:
+    """Where :func:`write_prediction` writes, by kind (see ``OUTPUT_KINDS``)."""
+    input_path = Path(input_path)
+    own_stem, _, ext = _split(input_path)
+    stem = stem or own_stem
+    folder = out_dir or input_path.parent
+    return {"label": folder / f"{stem}_label{ext}", "heatmap": folder / f"{stem}_heatmap{ext}",
+            "region_map": folder / f"{stem}_regionmap{ext}", "regions": folder / f"{stem}_regions.json",
+            "png": folder / f"{stem}_overlay.png"}
 
 
 def write_prediction(pred: Prediction, image: Volume, input_path: Path, out_dir: Path | None,
-                     classes: list[str]) -> dict[str, Path]:
+                     classes: list[str], *, flag_threshold: float = 0.5, stem: str | None = None) -> dict[str, Path]:
     """Write ``<stem>_label``, ``_heatmap``, ``_regionmap`` volumes, ``_regions.json`` and ``_overlay.png``.
 
-    Files go next to the input (beside a DICOM folder) unless ``out_dir`` is given. Returns the paths.
+    Files go next to the input (beside a DICOM folder) unless ``out_dir`` is given; ``stem`` defaults
+    to the input's name (see :func:`output_stems`). ``flag_threshold`` is the heatmap value below which
+    regions were flagged; the overlay tints only those voxels. Returns the paths written.
     """
-    stem, ext = _stem_and_ext(input_path)
-    folder = out_dir or input_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"label": folder / f"{stem}_label{ext}", "heatmap": folder / f"{stem}_heatmap{ext}",
-             "region_map": folder / f"{stem}_regionmap{ext}", "regions": folder / f"{stem}_regions.json",
-             "png": folder / f"{stem}_overlay.png"}
+    paths = output_paths(input_path, out_dir, stem)
+    paths["png"].parent.mkdir(parents=True, exist_ok=True)
     write_volume(pred.label, paths["label"])
     if pred.heatmap is not None:
         write_volume(pred.heatmap, paths["heatmap"])
         write_volume(pred.region_map, paths["region_map"])
+    else:
+        del paths["heatmap"], paths["region_map"]
     paths["regions"].write_text(json.dumps({"classes": classes, "model": pred.model_info,
+                                            "flag_threshold": flag_threshold,
                                             "regions": [r.to_dict() for r in pred.regions]}, indent=2))
-    render_overlay(image, pred, paths["png"], classes)
+    render_overlay(image, pred, paths["png"], classes, flag_threshold=flag_threshold,
+                   title=Path(input_path).name)
     return paths
-
-
-def render_overlay(image: Volume, pred: Prediction, path: Path, classes: list[str]) -> Path:
-    """Axial, coronal and sagittal slices through the top flagged region (or the centre):
-    the image in grey, the heatmap's low-confidence voxels in colour, label outlines, region boxes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img = np.asarray(image.array, dtype=np.float32)
-    lab = np.asarray(pred.label.array)
-    heat = None if pred.heatmap is None else np.asarray(pred.heatmap.array)
-    centre = [int(round(c)) for c in pred.regions[0].centroid_ijk] if pred.regions else [s // 2 for s in img.shape]
-    lo, hi = np.percentile(img, [1, 99])
-    views = [("axial (k)", 2), ("coronal (j)", 1), ("sagittal (i)", 0)]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4), dpi=100)
-    for ax, (title, axis) in zip(axes, views, strict=True):
-        sl = [slice(None)] * 3
-        sl[axis] = centre[axis]
-        sl = tuple(sl)
-        ax.imshow(img[sl].T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
-        if heat is not None:
-            doubt = np.ma.masked_less(1.0 - heat[sl].T, 0.05)
-            im = ax.imshow(doubt, cmap="inferno", vmin=0, vmax=1, alpha=0.6, origin="lower")
-        for c in range(1, len(classes)):
-            m = (lab[sl] == c).T
-            if m.any():
-                ax.contour(m, levels=[0.5], colors=[plt.cm.tab10(c)], linewidths=1.2)
-        for r in pred.regions[:5]:
-            (a0, b0), (a1, b1) = [[r.bbox_ijk[0][d], r.bbox_ijk[1][d]] for d in range(3) if d != axis]
-            if r.bbox_ijk[0][axis] <= centre[axis] <= r.bbox_ijk[1][axis]:
-                ax.add_patch(plt.Rectangle((a0 - 0.5, b0 - 0.5), a1 - a0 + 1, b1 - b0 + 1, fill=False,
-                                           edgecolor="cyan", linewidth=1))
-                ax.text(a0, b1 + 0.5, f"#{r.rank}", color="cyan", fontsize=8)
-        ax.set_title(f"{title} = {centre[axis]}")
-        ax.axis("off")
-    if heat is not None:
-        fig.colorbar(im, ax=axes, fraction=0.02, label="1 - confidence")
-    fig.suptitle(f"{Path(image.source).name or 'case'}: label outlines, low-confidence heatmap, top flagged regions")
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path

@@ -81,10 +81,11 @@ def test_cli_infer_writes_outputs_next_to_input(short_run, dicom_dir, tmp_path):
     series = dicom_dir / "Study3" / "11_HCropVolume"
     assert cli_main(["infer", "--model", str(result.checkpoint), str(series), "--out", str(tmp_path)]) == 0
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"11_HCropVolume_label.nii.gz", "11_HCropVolume_heatmap.nii.gz", "11_HCropVolume_regionmap.nii.gz",
+    # a DICOM series gets NRRD volumes: double-precision geometry (see test_outputs.py)
+    assert {"11_HCropVolume_label.nrrd", "11_HCropVolume_heatmap.nrrd", "11_HCropVolume_regionmap.nrrd",
             "11_HCropVolume_regions.json", "11_HCropVolume_overlay.png"} <= names
-    label = read_volume(tmp_path / "11_HCropVolume_label.nii.gz", allow_constant=True)
-    assert np.allclose(label.ijk_to_lps, read_volume(series).ijk_to_lps, atol=1e-4)
+    label = read_volume(tmp_path / "11_HCropVolume_label.nrrd", allow_constant=True)
+    assert np.allclose(label.ijk_to_lps, read_volume(series).ijk_to_lps, atol=1e-12)
     regions = json.loads((tmp_path / "11_HCropVolume_regions.json").read_text())
     assert regions["classes"] == ["background", "Anterior", "Posterior"]
     assert (tmp_path / "11_HCropVolume_overlay.png").stat().st_size > 10_000

@@ -106,6 +106,10 @@ def test_dicom_seg_export_references_the_series(srv, dicom_dir, tmp_path):
     ds = pydicom.dcmread(io.BytesIO(data))
     seg = hd.seg.Segmentation.from_dataset(ds)
     assert [d.SegmentLabel for d in ds.SegmentSequence] == ["Anterior", "Posterior"]
+    assert [d.SegmentDescription for d in ds.SegmentSequence] == ["Hippocampus, Anterior", "Hippocampus, Posterior"]
+    assert [d.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning
+            for d in ds.SegmentSequence] == ["Anterior", "Posterior"]
+    assert str(ds.ContentCreatorName) == "Reader^Rita" and ds.SeriesDescription.startswith("SynergyPL segmentation")
     assert str(ds.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue) == "5366008"
     sources = [pydicom.dcmread(f) for f in sorted((srv.project / "cases" / "dcm-case" / "dicom").glob("*.dcm"))]
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
