@@ -19,6 +19,7 @@ In: the saved upload's path, its format (:func:`.uploads.kind_of`), the name the
 from __future__ import annotations
 
 import bz2
+import gzip
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +259,16 @@ def _nifti_magic(path: Path) -> bytes:
     return (head[4:8] if nifti2 else head[344:348]).rstrip(b"\0")
 
 
+def _check_gzip_stream(path: Path, name: str) -> None:
+    """Decompress the whole stream once; a cut or corrupt one is refused as truncated."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise Unprocessable(f"{name}: file is truncated or corrupt ({exc})") from None
+
+
 def _check_nifti(path: Path, name: str, limits: UploadLimits) -> Declared:
     import nibabel as nib
 
@@ -271,6 +282,8 @@ def _check_nifti(path: Path, name: str, limits: UploadLimits) -> Declared:
         shape = tuple(int(s) for s in header.get_data_shape())
         dtype = header.get_data_dtype()
     except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds for a bad header
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_stream(path, name)  # a cut .gz is "truncated", not "cannot work out file type"
         raise Unprocessable(f"{name}: cannot be read as NIfTI ({str(exc).replace(str(path), name)})") from None
     magic = _nifti_magic(path)
     if magic not in (b"n+1", b"n+2"):

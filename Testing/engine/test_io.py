@@ -111,7 +111,7 @@ def test_preprocessing_resamples_and_inverts_onto_the_original_grid():
     assert tuple(back.shape[1:]) == vol.shape
     label = pre.label(vol.with_array((vol.array > 0).astype(np.uint8)))
     assert label.shape[1:] == x.shape[1:]
-    identity = Preprocessor(PreprocessConfig())
+    identity = Preprocessor(PreprocessConfig(orientation=None))  # the default reorients to RAS since 0.2
     assert identity.is_identity_grid and tuple(identity.image(vol).shape[1:]) == vol.shape
 
 

@@ -32,7 +32,7 @@ def call(srv, method: str, path: str, *, query: dict | None = None, body: dict |
          form: dict | None = None, file: bytes | None = None) -> tuple[int, dict]:
     """One request; returns (status, JSON body)."""
     url = srv.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    headers, data = {}, None
+    headers, data = dict(srv.auth_headers()), None  # the project token, as every client sends it
     if body is not None:
         data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
     elif form is not None:
