@@ -137,6 +137,8 @@ def test_cancel_training_and_queued_prediction(trained_project):
         c.wait_job(q1["id"], timeout=120)
         assert c.wait_job(q2["id"], timeout=60, check=False)["status"] in ("cancelled", "done")
 
+        before_cancel = c.job(job["id"])
+        assert before_cancel["status"] == "running", before_cancel  # the round must still be running here
         c.cancel_job(job["id"])
         end = c.wait_job(job["id"], timeout=60, check=False)
         assert end["status"] == "cancelled" and end["model_version"] is None
