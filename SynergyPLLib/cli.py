@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     lat.set_defaults(func=cmd_bench_latency)
 
     try:
-        from .service.cli_commands import add_parsers
+        from .service.commands import add_parsers
     except ImportError as exc:  # the service extra is not installed
         if "SynergyPLLib.service" not in str(exc) and "fastapi" not in str(exc) and "sqlalchemy" not in str(exc):
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_commands import add_parsers
+from .commands import add_parsers
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,7 +223,7 @@ def run_demo(opts: DemoOptions) -> int:
     from SynergyPLLib.client import SynergyPLClient
     from SynergyPLLib.engine.io import read_volume, write_volume
 
-    from .project_init import init_project
+    from .domain.project_init import init_project
 
     say = _Say(opts.quiet)
     data = Path(opts.data or default_data())

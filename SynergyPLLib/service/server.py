@@ -64,8 +64,8 @@ def serve(settings: ServiceSettings) -> int:
     """Validate, lock the project, run uvicorn until stopped. Returns the exit code."""
     import uvicorn
 
+    from .api.http_protocol import JsonErrorH11Protocol
     from .app import create_app
-    from .http_protocol import JsonErrorH11Protocol
 
     settings.check_project()
     lock = ProjectLock(settings.project)

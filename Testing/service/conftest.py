@@ -51,7 +51,7 @@ def database_url(request) -> str | None:
 
 def use_database(project: Path, url: str) -> None:
     """Move a project's rows from its SQLite file into the database at ``url`` and point it there."""
-    from SynergyPLLib.service.db import Database, copy_database
+    from SynergyPLLib.service.store.db import Database, copy_database
 
     src, dst = Database(f"sqlite:///{project / 'synergypl.sqlite'}"), Database(url)
     try:

@@ -150,7 +150,7 @@ def form_body(fields: dict, files: dict | None = None) -> tuple[bytes, str]:
 
 
 def make_project(dest: Path, data: Path, cases: int = 8, labeled: int = 4, **kw) -> Path:
-    from SynergyPLLib.service.project_init import init_project
+    from SynergyPLLib.service.domain.project_init import init_project
 
     ws = init_project(dest, data, labeled=labeled, limit=cases, quiet=True, **kw)
     ws.close()

@@ -25,8 +25,8 @@ import pytest
 import SimpleITK as sitk
 
 from SynergyPLLib.engine.io import read_volume
-from SynergyPLLib.service.export import dicom_seg_from_series, person_name, seg_nrrd_bytes
-from SynergyPLLib.service.project_init import _classes
+from SynergyPLLib.service.domain.export import dicom_seg_from_series, person_name, seg_nrrd_bytes
+from SynergyPLLib.service.domain.project_init import _classes
 
 TOLERATED = "Warning - Unrecognized defined term <L> for value 1 of attribute <Coding Scheme Designator>"
 

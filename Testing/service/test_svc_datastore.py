@@ -13,10 +13,10 @@ from svc_support import BACKENDS, Server, case_image, label_file
 
 from SynergyPLLib.client import BadRequestError
 from SynergyPLLib.engine.io import read_volume
-from SynergyPLLib.service.errors import Conflict
-from SynergyPLLib.service.labels import add_label_version, list_versions
-from SynergyPLLib.service.project import DATABASE_URL_ENV, ProjectConfig
-from SynergyPLLib.service.workspace import Workspace
+from SynergyPLLib.service.domain.errors import Conflict
+from SynergyPLLib.service.domain.labels import add_label_version, list_versions
+from SynergyPLLib.service.store.project import DATABASE_URL_ENV, ProjectConfig
+from SynergyPLLib.service.store.workspace import Workspace
 
 pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 CID = "hippocampus_001"
@@ -98,7 +98,7 @@ def test_text_the_database_would_refuse(project, tmp_path, database_url):
 
 def test_database_url_from_environment(project, monkeypatch, database_url):
     """SYNERGYPL_DATABASE_URL wins over project.yaml; a plain postgresql:// URL gets the psycopg driver."""
-    from SynergyPLLib.service.db import normalise_url
+    from SynergyPLLib.service.store.db import normalise_url
 
     cfg = ProjectConfig.load(project)
     monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://team:secret@db.example:5432/labels")

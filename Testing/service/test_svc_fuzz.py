@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 from svc_support import BACKENDS, Server, make_project
 
-from SynergyPLLib.service.db import Case, Database, LabelVersion
+from SynergyPLLib.service.store.db import Case, Database, LabelVersion
 
 EXAMPLES = int(os.environ.get("SYNERGYPL_FUZZ_EXAMPLES", "40"))
 BUDGET_SECONDS = float(os.environ.get("SYNERGYPL_FUZZ_SECONDS", "150"))

@@ -13,13 +13,13 @@ from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.inference import OrientationWarning, Predictor
 from SynergyPLLib.engine.io import _to_sitk, read_volume
 from SynergyPLLib.engine.trainer import train
-from SynergyPLLib.service.db import Case
-from SynergyPLLib.service.model_orientation import is_legacy_checkpoint, training_orientation
-from SynergyPLLib.service.project import ProjectConfig
-from SynergyPLLib.service.registry import register
-from SynergyPLLib.service.store import sha256_file
-from SynergyPLLib.service.training_data import select_cases
-from SynergyPLLib.service.workspace import Workspace
+from SynergyPLLib.service.domain.model_orientation import is_legacy_checkpoint, training_orientation
+from SynergyPLLib.service.domain.training_data import select_cases
+from SynergyPLLib.service.store.db import Case
+from SynergyPLLib.service.store.files import sha256_file
+from SynergyPLLib.service.store.project import ProjectConfig
+from SynergyPLLib.service.store.registry import register
+from SynergyPLLib.service.store.workspace import Workspace
 
 pytestmark = pytest.mark.data
 

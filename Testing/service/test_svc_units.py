@@ -8,17 +8,17 @@ import threading
 import pytest
 import yaml
 
-from SynergyPLLib.service.db import Database, Meta
-from SynergyPLLib.service.project import ProjectConfig
-from SynergyPLLib.service.store import (
+from SynergyPLLib.service.domain.terminology import guess_terminology, to_slicer
+from SynergyPLLib.service.domain.training_data import split_validation
+from SynergyPLLib.service.store.db import Database, Meta
+from SynergyPLLib.service.store.files import (
     IdError,
     atomic_write_bytes,
     case_id_from_filename,
     check_case_id,
     remove_partials,
 )
-from SynergyPLLib.service.terminology import guess_terminology, to_slicer
-from SynergyPLLib.service.training_data import split_validation
+from SynergyPLLib.service.store.project import ProjectConfig
 
 
 @pytest.mark.parametrize("bad", ["", "..", "../x", "a/b", "a\\b", ".hidden", "-x", "a..b", "x" * 101, "a b", "é"])

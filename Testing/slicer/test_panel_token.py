@@ -25,7 +25,7 @@ def panel_server(hippocampus_dir, tmp_path_factory):
     """``synergypl serve`` started as the panel starts it; yields (command, process)."""
     import sys
 
-    from SynergyPLLib.service.project_init import init_project
+    from SynergyPLLib.service.domain.project_init import init_project
 
     project = tmp_path_factory.mktemp("panel") / "project"
     init_project(project, hippocampus_dir, labeled=2, limit=3, quiet=True).close()

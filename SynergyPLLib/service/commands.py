@@ -1,0 +1,160 @@
+"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token``, ``demo``.
+
+``add_parsers(subparsers)`` is called by :mod:`SynergyPLLib.cli`; each parser sets ``func`` to a
+function taking the parsed arguments and returning an exit code. Heavy imports happen inside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .settings import DEFAULT_PORT
+
+
+def cmd_init(args) -> int:
+    from .domain.project_init import init_project
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    ws = init_project(Path(args.project), Path(args.source) if args.source else None, labeled=args.labeled,
+                      limit=args.cases, name=args.name, classes=classes, profile=args.profile,
+                      max_upload_mb=args.max_upload_mb, database_url=args.database_url)
+    from .domain.cases import list_cases
+
+    cases = list_cases(ws)
+    n_lab = sum(1 for c in cases if c["status"] == "confirmed")
+    print(f"created project {ws.config.name!r} at {ws.root}: {len(cases)} cases, {n_lab} labeled; "
+          f"classes {[c.name for c in ws.config.classes]}; edit {ws.root / 'project.yaml'} to change names, "
+          f"colours, terminology or engine options")
+    ws.close()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .server import serve
+    from .settings import ServiceSettings, SettingsError
+
+    try:
+        token = _serve_token(args)
+        allowed = tuple(args.allowed_host or ()) + ServiceSettings.allowed_hosts_from_env()
+        settings = ServiceSettings(project=Path(args.project).resolve(), host=args.host, port=args.port,
+                                   token=token, token_everywhere=args.token_everywhere,
+                                   loopback_without_token=args.loopback_without_token, allowed_hosts=allowed,
+                                   max_upload_mb=args.max_upload_mb, log_level=args.log_level)
+        return serve(settings)
+    except SettingsError as exc:
+        print(f"synergypl serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve_token(args) -> str | None:
+    """The token given to ``serve``: --token-file, else --token (with a warning: other users see the
+    command line in `ps`), else SYNERGYPL_TOKEN; None lets the server use the project's own token."""
+    from .settings import ServiceSettings, SettingsError
+
+    if args.token_file:
+        path = Path(args.token_file).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"cannot read the token file {path}: {exc}") from None
+        if not token:
+            raise SettingsError(f"the token file {path} is empty")
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            print(f"synergypl serve: warning: {path} can be read by other users; `chmod 600 {path}`",
+                  file=sys.stderr)
+        return token
+    if args.token:
+        print("synergypl serve: warning: a token given with --token is visible to every user of this machine "
+              "(`ps`, /proc/PID/cmdline); use --token-file FILE or the SYNERGYPL_TOKEN environment variable",
+              file=sys.stderr)
+        return args.token
+    return ServiceSettings.token_from_env()
+
+
+def cmd_token(args) -> int:
+    """Print the project's token (creating it when no server has run yet, or a new one with --new)."""
+    from ..client.tokens import ensure_project_token, new_token
+    from .settings import ServiceSettings, SettingsError
+
+    project = Path(args.project).resolve()
+    try:
+        ServiceSettings(project=project).check_project()
+    except SettingsError as exc:
+        print(f"synergypl token: {exc}", file=sys.stderr)
+        return 2
+    token, path = ensure_project_token(project, new_token() if args.new else None)
+    print(token)
+    if args.new:
+        print(f"synergypl token: wrote a new token to {path}; restart `synergypl serve` to use it",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoOptions, run_demo
+
+    opts = DemoOptions(data=Path(args.data) if args.data else None, out=Path(args.out) if args.out else None,
+                       iterations=args.iterations, round_iterations=args.round_iterations, labeled=args.labeled, pool=args.pool, review=args.review,
+                       evaluate=args.evaluate, target_dice=args.target_dice, port=args.port, seed=args.seed,
+                       keep=Path(args.keep) if args.keep else None, threads=args.threads)
+    return run_demo(opts)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    i = sub.add_parser("init", help="create a project from a Decathlon folder or a folder of images")
+    i.add_argument("--project", required=True, help="new project folder")
+    i.add_argument("--from", dest="source", help="Decathlon folder (dataset.json, imagesTr/, labelsTr/) or image folder")
+    i.add_argument("--labeled", type=int, default=None, help="import labels of only the first N cases (rest unlabeled)")
+    i.add_argument("--cases", type=int, default=None, help="import only the first N cases")
+    i.add_argument("--name", help="project name (default: the data set's name)")
+    i.add_argument("--classes", help="comma-separated class names (needed for a folder of images)")
+    i.add_argument("--profile", default="cpu", choices=["cpu", "gpu"], help="engine profile written to project.yaml")
+    i.add_argument("--max-upload-mb", type=float, default=512.0)
+    i.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite file in the project)")
+    i.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("serve", help="serve a project over HTTP (REST API at /api, docs at /docs)")
+    s.add_argument("--project", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s.add_argument("--token-file", default=None,
+                   help="file holding the token every client must send (default: SYNERGYPL_TOKEN, else the "
+                        "project's own token in PROJECT/.synergypl-token, generated on the first start)")
+    s.add_argument("--token", default=None,
+                   help="the token itself; discouraged: other users see it in `ps` (use --token-file)")
+    s.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name clients may use besides localhost and IP addresses (a team server's DNS "
+                        "name; repeatable; also SYNERGYPL_ALLOWED_HOSTS=a,b; '*' for any)")
+    s.add_argument("--loopback-without-token", action="store_true",
+                   help="let clients on this machine in without the token (weaker: every local user can then "
+                        "use the project); only with a loopback --host")
+    s.add_argument("--token-everywhere", action="store_true",
+                   help="require the token from every client (the default; overrides --loopback-without-token)")
+    s.add_argument("--max-upload-mb", type=float, default=None, help="default: project.yaml service.max_upload_mb")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="print a project's server token (the one `serve` uses; created if none)")
+    t.add_argument("--project", required=True)
+    t.add_argument("--new", action="store_true", help="replace it with a new token (restart the server to use it)")
+    t.set_defaults(func=cmd_token)
+
+    d = sub.add_parser("demo", help="headless demo of the full labeling loop through the API")
+    d.add_argument("--data", default=None, help="Decathlon folder (default: ../shared/data/hippocampus)")
+    d.add_argument("--out", default=None, help="write report.md and PNGs here (e.g. docs/demo)")
+    d.add_argument("--iterations", type=int, default=200, help="iterations of the first round (from scratch)")
+    d.add_argument("--round-iterations", type=int, default=100,
+                   help="iterations of the second round (fine-tuning the first model)")
+    d.add_argument("--labeled", type=int, default=4, help="labeled cases for the first round")
+    d.add_argument("--pool", type=int, default=12, help="unlabeled cases in the project")
+    d.add_argument("--review", type=int, default=4, help="cases the simulated annotator corrects")
+    d.add_argument("--evaluate", type=int, default=6, help="held-out cases for Dice before/after")
+    d.add_argument("--target-dice", type=float, default=0.90)
+    d.add_argument("--port", type=int, default=0, help="0: a free port")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: default)")
+    d.add_argument("--keep", default=None, help="keep the demo project in this folder")
+    d.set_defaults(func=cmd_demo)
