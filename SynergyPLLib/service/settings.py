@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.project_folder import NotAProjectError, check_project_folder
+
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 ALLOWED_HOSTS_ENV = "SYNERGYPL_ALLOWED_HOSTS"
@@ -78,9 +80,10 @@ class ServiceSettings:
 
     def check_project(self) -> None:
         """Raise :class:`SettingsError` unless ``project`` is a SynergyPL project folder."""
-        if not (self.project / "project.yaml").exists() and not (self.project / "project.json").exists():
-            raise SettingsError(f"{self.project} is not a SynergyPL project (no project.yaml); "
-                                "create one with `synergypl init`")
+        try:
+            check_project_folder(self.project)
+        except NotAProjectError as exc:
+            raise SettingsError(str(exc)) from None
 
     @property
     def token_required_on_loopback(self) -> bool:

@@ -30,9 +30,9 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from SynergyPLLib.engine.config import EngineConfig
 
+from ...common.project_folder import check_project_folder
 from .files import atomic_write_bytes
 
-CONFIG_NAMES = ("project.yaml", "project.yml", "project.json")
 DATABASE_URL_ENV = "SYNERGYPL_DATABASE_URL"
 
 
@@ -124,22 +124,19 @@ class ProjectConfig(BaseModel):
     @classmethod
     def load(cls, root: Path) -> ProjectConfig:
         """Read the project's configuration; ValueError says which file and what is wrong."""
-        for name in CONFIG_NAMES:
-            path = Path(root) / name
-            if path.exists():
-                text = path.read_text()
-                data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-                try:
-                    cfg = cls.model_validate(data or {})
-                    cfg.engine_config()  # unknown engine options are an error now, not at training time
-                except ValidationError as exc:
-                    parts = [f"{'.'.join(str(x) for x in e['loc']) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors()]
-                    raise ValueError(f"{path}: " + "; ".join(parts)) from None
-                except ValueError as exc:
-                    raise ValueError(f"{path}: {exc}") from None
-                return cfg
-        raise ValueError(f"{root}: no project.yaml; create a project with `synergypl init`")
+        path = check_project_folder(root)
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            cfg = cls.model_validate(data or {})
+            cfg.engine_config()  # unknown engine options are an error now, not at training time
+        except ValidationError as exc:
+            parts = [f"{'.'.join(str(x) for x in e['loc']) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors()]
+            raise ValueError(f"{path}: " + "; ".join(parts)) from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return cfg
 
     def save(self, root: Path) -> Path:
         """Write ``project.yaml`` atomically."""
