@@ -13,12 +13,13 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..common.job_status import FINAL_STATES, JobStatus
 from .errors import JobFailedError, TimeoutError
 from .helper import HelperTransport, Launcher
 from .tokens import token_for_project
 from .transport import FilePart, Transport
 
-FINAL = ("done", "failed", "cancelled", "interrupted")
+FINAL = FINAL_STATES  # the final job states (kept for existing callers)
 DEFAULT_URL = "http://127.0.0.1:8765"
 
 
@@ -186,7 +187,7 @@ class SynergyPLClient:
             job = self.job(job_id, wait=max(0.05, min(20.0, left)), since=job["updated_at"])
         if on_update is not None:
             on_update(job)
-        if check and job["status"] != "done":
+        if check and job["status"] != JobStatus.DONE:
             raise JobFailedError(job)
         return job
 

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .settings import DEFAULT_PORT
+from .settings import DEFAULT_HOST, DEFAULT_PORT
 
 
 def cmd_init(args) -> int:
@@ -118,7 +118,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("serve", help="serve a project over HTTP (REST API at /api, docs at /docs)")
     s.add_argument("--project", required=True)
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    s.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: loopback only)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT)
     s.add_argument("--token-file", default=None,
                    help="file holding the token every client must send (default: SYNERGYPL_TOKEN, else the "

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..client.api import DEFAULT_URL
 from ..common.project_folder import NotAProjectError, check_project_folder
 
-DEFAULT_PORT = 8765
+DEFAULT_HOST = urllib.parse.urlsplit(DEFAULT_URL).hostname  # the client's default address, served
+DEFAULT_PORT = urllib.parse.urlsplit(DEFAULT_URL).port
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 ALLOWED_HOSTS_ENV = "SYNERGYPL_ALLOWED_HOSTS"
 
@@ -51,7 +54,7 @@ class ServiceSettings:
     """
 
     project: Path
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     token: str | None = None
     token_everywhere: bool = False

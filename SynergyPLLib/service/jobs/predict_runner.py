@@ -18,7 +18,6 @@ import uuid
 
 from SynergyPLLib.engine.inference import Predictor
 from SynergyPLLib.engine.io import read_volume, write_volume
-from SynergyPLLib.engine.model import default_device
 
 from ...common.job_status import JobStatus
 from ..domain.model_orientation import load_predictor
@@ -31,9 +30,8 @@ from .worker_io import Control, finish
 
 
 class PredictRunner:
-    def __init__(self, ws: Workspace, ctl: Control) -> None:
-        self.ws, self.ctl = ws, ctl
-        self.device = os.environ.get("SYNERGYPL_DEVICE") or default_device()
+    def __init__(self, ws: Workspace, ctl: Control, device: str) -> None:
+        self.ws, self.ctl, self.device = ws, ctl, device
         self._cache: tuple[int, Predictor] | None = None
 
     def predictor(self, version: int) -> Predictor:

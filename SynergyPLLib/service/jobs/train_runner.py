@@ -19,7 +19,6 @@ import os
 import time
 
 from SynergyPLLib.engine.data import CaseSpec
-from SynergyPLLib.engine.model import default_device
 from SynergyPLLib.engine.trainer import ProgressEvent, train
 
 from ...common.job_status import JobStatus
@@ -38,9 +37,8 @@ def _round(x, n=4):
 
 
 class TrainRunner:
-    def __init__(self, ws: Workspace, ctl: Control) -> None:
-        self.ws, self.ctl = ws, ctl
-        self.device = os.environ.get("SYNERGYPL_DEVICE") or default_device()
+    def __init__(self, ws: Workspace, ctl: Control, device: str) -> None:
+        self.ws, self.ctl, self.device = ws, ctl, device
 
     def _specs(self, entries: list[dict]) -> list[CaseSpec]:
         return [CaseSpec(e["id"], self.ws.abs(e["image"]), self.ws.abs(e["label"]) if e.get("label") else None)

@@ -22,20 +22,36 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 
 from ...common.job_status import JobStatus
 from ..store.workspace import Workspace
 from .worker_io import Control, claim, finish
 
 
-def _die_with_parent() -> None:
+@dataclass(frozen=True)
+class WorkerEnv:
+    """What the worker takes from its environment, read once at start and passed on."""
+
+    parent_pid: int | None  # SYNERGYPL_PARENT_PID: the API process that started this worker
+    threads: int  # SYNERGYPL_THREADS: torch threads (0: torch's default)
+    device: str | None  # SYNERGYPL_DEVICE: e.g. cpu, cuda:1 (None: the engine's default device)
+
+    @classmethod
+    def read(cls) -> WorkerEnv:
+        parent = os.environ.get("SYNERGYPL_PARENT_PID", "")
+        return cls(parent_pid=int(parent) if parent.isdigit() else None,
+                   threads=int(os.environ.get("SYNERGYPL_THREADS", "0") or 0),
+                   device=os.environ.get("SYNERGYPL_DEVICE") or None)
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
-    parent = os.environ.get("SYNERGYPL_PARENT_PID")
-    if parent and parent.isdigit() and os.getppid() != int(parent):
+    if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(0)
 
 
@@ -45,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lane", choices=("train", "predict"), required=True)
     ap.add_argument("--idle-seconds", type=float, default=600.0)
     args = ap.parse_args(argv)
-    _die_with_parent()
+    env = WorkerEnv.read()
+    _die_with_parent(env.parent_pid)
     # Keep a private handle on stdout for events; everything else printed goes to the log (stderr).
     events_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -53,24 +70,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    threads = int(os.environ.get("SYNERGYPL_THREADS", "0") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if env.threads > 0:
+        torch.set_num_threads(env.threads)
         torch.set_num_interop_threads(1)
     ws = Workspace(args.project, create_db=False)
     from SynergyPLLib.engine.model import default_device, device_name
 
+    device = env.device or default_device()
     with ws.db.write_session() as s:
-        ws.db.set_meta(s, "device", device_name(os.environ.get("SYNERGYPL_DEVICE") or default_device()))
+        ws.db.set_meta(s, "device", device_name(device))
     ctl = Control(events_out)
     if args.lane == "predict":
         from .predict_runner import PredictRunner
 
-        runner = PredictRunner(ws, ctl)
+        runner = PredictRunner(ws, ctl, device)
     else:
         from .train_runner import TrainRunner
 
-        runner = TrainRunner(ws, ctl)
+        runner = TrainRunner(ws, ctl, device)
     print(f"[{time.strftime('%H:%M:%S')}] {args.lane} worker {os.getpid()} ready", file=sys.stderr, flush=True)
     idle_since = time.monotonic()
     while True:
