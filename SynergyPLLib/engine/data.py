@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from monai.transforms import (
 )
 
 from .config import PreprocessConfig
-from .io import Volume, VolumeError, check_label, read_volume
+from .decathlon import read_decathlon
+from .io import Volume, check_label, read_volume
 
 
 @dataclass
@@ -51,38 +51,10 @@ class LoadedCase:
 
 
 def load_decathlon(folder: str | Path) -> tuple[list[str], list[CaseSpec]]:
-    """Class names (index order, background first) and labeled cases of a Decathlon folder."""
-    folder = Path(folder)
-    meta_path = folder / "dataset.json"
-    if not meta_path.exists():
-        raise VolumeError(f"{folder}: no dataset.json (expected the Decathlon layout: dataset.json, imagesTr/, labelsTr/)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VolumeError(f"{meta_path}: not valid JSON ({exc})") from None
-    labels = meta.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise VolumeError(f"{meta_path}: has no 'labels' mapping")
-    try:
-        index = {int(k): str(v) for k, v in labels.items()}
-    except ValueError:
-        raise VolumeError(f"{meta_path}: label keys must be integers, got {list(labels)}") from None
-    if sorted(index) != list(range(len(index))):
-        raise VolumeError(f"{meta_path}: label values must be 0..N-1, got {sorted(index)}")
-    classes = [index[i] for i in range(len(index))]
-    cases = []
-    for entry in meta.get("training", []):
-        image = (folder / entry["image"]).resolve()
-        label = (folder / entry["label"]).resolve() if entry.get("label") else None
-        case_id = image.name.split(".")[0]
-        if not image.exists():
-            raise VolumeError(f"{meta_path}: listed image {image} does not exist")
-        if label is not None and not label.exists():
-            raise VolumeError(f"{meta_path}: listed label {label} does not exist")
-        cases.append(CaseSpec(case_id, image, label))
-    if not cases:
-        raise VolumeError(f"{meta_path}: lists no training cases")
-    return classes, cases
+    """Class names (index order, background first) and labeled cases of a Decathlon folder
+    (read by :func:`.decathlon.read_decathlon`, the one reader)."""
+    ds = read_decathlon(folder)
+    return ds.classes, [CaseSpec(c.case_id, c.image, c.label) for c in ds.training]
 
 
 def axcodes_of(direction) -> str:

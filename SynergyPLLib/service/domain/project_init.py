@@ -13,12 +13,12 @@ it removes what it wrote, so the same command can run again; the error names the
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from SynergyPLLib.engine.config import profile_config
+from SynergyPLLib.engine.decathlon import read_decathlon
 
 from ..store.files import case_id_from_filename
 from ..store.project import ClassInfo, ProjectConfig, ServiceOptions, Terminology, engine_dict_without_classes
@@ -38,23 +38,11 @@ def _classes(names: list[str], dataset_name: str) -> list[ClassInfo]:
 
 
 def _decathlon(src: Path) -> tuple[str, str, list[str], list[tuple[Path, Path | None]]]:
-    meta = json.loads((src / "dataset.json").read_text())
-    labels = {int(k): v for k, v in meta.get("labels", {}).items()}
-    if not labels or 0 not in labels:
-        raise ValueError(f"{src / 'dataset.json'}: 'labels' must map 0 (background) and the classes")
-    names = [labels[k] for k in sorted(labels) if k != 0]
-    if sorted(labels) != list(range(len(labels))):
-        raise ValueError(f"{src / 'dataset.json'}: label values must be 0..N without gaps")
-    pairs = []
-    for entry in meta.get("training", []):
-        img = (src / entry["image"]).resolve()
-        lab = (src / entry["label"]).resolve() if entry.get("label") else None
-        pairs.append((img, lab if lab and lab.exists() else None))
-    for entry in meta.get("test", []):
-        img = (src / (entry if isinstance(entry, str) else entry["image"])).resolve()
-        pairs.append((img, None))
-    pairs.sort(key=lambda p: case_id_from_filename(p[0].name))
-    return meta.get("name", src.name), meta.get("description", ""), names, pairs
+    """Name, description, class names (no background) and (image, label or None) of a Decathlon folder,
+    by case id; read by the engine's reader (a listed label that is missing leaves its case unlabeled)."""
+    ds = read_decathlon(src, missing_labels_ok=True, need_training=False)
+    pairs = sorted(((c.image, c.label) for c in ds.training + ds.test), key=lambda p: case_id_from_filename(p[0].name))
+    return ds.name, ds.description, ds.classes[1:], pairs
 
 
 def _image_folder(src: Path) -> list[tuple[Path, Path | None]]:

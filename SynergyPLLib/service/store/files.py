@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from SynergyPLLib.engine.decathlon import case_id_of
+
 CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 TMP_SUFFIX = ".partial"
 
@@ -41,13 +43,17 @@ def check_case_id(case_id: str) -> str:
 
 
 def case_id_from_filename(name: str) -> str:
-    """A safe case id from an uploaded file's name ('sub 01.nii.gz' -> 'sub_01')."""
+    """A safe case id from an uploaded file's name ('sub 01.nii.gz' -> 'sub_01'): the engine's case id
+    (the name without its image extension, :func:`~SynergyPLLib.engine.decathlon.case_id_of`), or the
+    name without ``.zip`` / ``.dcm``, made safe."""
     base = os.path.basename(name.replace("\\", "/"))
-    for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".dcm"):
-        if base.lower().endswith(ext):
-            base = base[: -len(ext)]
-            break
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")
+    stem = case_id_of(base)
+    if stem == base:
+        for ext in (".zip", ".dcm"):
+            if base.lower().endswith(ext):
+                stem = base[: -len(ext)]
+                break
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")
     base = base.replace("..", "_")
     return (base or "case")[:100]
 
