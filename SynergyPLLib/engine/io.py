@@ -90,14 +90,38 @@ def _from_sitk(img: sitk.Image, source: str) -> Volume:
     return Volume(arr, img.GetSpacing(), img.GetOrigin(), np.array(img.GetDirection()).reshape(3, 3), source)
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """ITK reads a truncated .gz quietly (zero-filling the rest); decompress once to catch it."""
+def check_gzip_complete(path: Path, name: str | None = None) -> None:
+    """ITK reads a truncated .gz quietly (zero-filling the rest); decompress once to catch it.
+    VolumeError names ``name`` (default: the path)."""
     try:
         with gzip.open(path, "rb") as fh:
             while fh.read(1 << 22):
                 pass
     except (EOFError, OSError, zlib.error) as exc:
-        raise VolumeError(f"{path}: file is truncated or corrupt ({exc})") from None
+        raise VolumeError(f"{name or path}: file is truncated or corrupt ({exc})") from None
+
+
+class SeriesCountError(VolumeError):
+    """A folder holds no DICOM series, or more than one (``count``)."""
+
+    def __init__(self, folder: Path, count: int) -> None:
+        self.count = count
+        super().__init__(f"{folder}: folder holds no DICOM series" if count == 0 else
+                         f"{folder}: folder holds {count} DICOM series; give one series folder")
+
+
+def dicom_series(folder: str | os.PathLike) -> dict[str, list[str]]:
+    """The DICOM series in ``folder``: series instance UID -> its files in slice order (as ITK reads them)."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
+
+
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order; SeriesCountError otherwise."""
+    series = dicom_series(folder)
+    if len(series) != 1:
+        raise SeriesCountError(Path(folder), len(series))
+    return next(iter(series.values()))
 
 
 def _check_nifti(path: Path) -> None:
@@ -121,18 +145,12 @@ def _check_nifti(path: Path) -> None:
 
 def _read_sitk(path: Path, image_io: str | None = None) -> sitk.Image:
     if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
+        check_gzip_complete(path)
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti(path)
     if path.is_dir():
         reader = sitk.ImageSeriesReader()
-        series = reader.GetGDCMSeriesIDs(str(path))
-        if not series:
-            raise VolumeError(f"{path}: folder holds no DICOM series")
-        if len(series) > 1:
-            raise VolumeError(f"{path}: folder holds {len(series)} DICOM series; give one series folder")
-        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-        reader.SetFileNames(files)
+        reader.SetFileNames(dicom_series_files(path))
         return reader.Execute()
     return sitk.ReadImage(str(path), imageIO=image_io or "")
 

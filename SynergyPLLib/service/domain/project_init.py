@@ -60,17 +60,17 @@ def _check_one_series(folder: Path) -> None:
     """Raise ValueError naming ``folder`` and the series in it unless it holds exactly one DICOM series
     (one case is one series). Runs before anything is created."""
     import pydicom
-    import SimpleITK as sitk
 
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    from SynergyPLLib.engine.io import dicom_series
+
+    series = dicom_series(folder)
     if len(series) == 1:
         return
     if not series:
         raise ValueError(f"{folder}: sub-folder holds files but no DICOM image series; remove it from {folder.parent} "
                          "or put the images there as NIfTI/NRRD/MHA files")
     found = []
-    for uid in series:
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    for uid, files in series.items():
         ds = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
         desc = str(getattr(ds, "SeriesDescription", "") or "no description")
         number = getattr(ds, "SeriesNumber", None)

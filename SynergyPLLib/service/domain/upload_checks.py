@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from SynergyPLLib.engine.io import VolumeError, check_gzip_complete
+
 from .errors import TooLarge, Unprocessable
 
 HEADER_MAX_BYTES = 1 << 20  # no legitimate NRRD/MetaImage text header is near this
@@ -251,7 +253,6 @@ def _check_mha(path: Path, name: str, limits: UploadLimits) -> Declared:
 
 def _nifti_magic(path: Path) -> bytes:
     """The magic string as stored (nibabel may normalise it on load): b'n+1'/b'n+2' for a single file."""
-    import gzip
 
     with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as fh:
         head = fh.read(352)
@@ -260,13 +261,11 @@ def _nifti_magic(path: Path) -> bytes:
 
 
 def _check_gzip_stream(path: Path, name: str) -> None:
-    """Decompress the whole stream once; a cut or corrupt one is refused as truncated."""
+    """Decompress the whole stream once (the engine's check); a cut or corrupt one is refused as truncated."""
     try:
-        with gzip.open(path, "rb") as fh:
-            while fh.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as exc:
-        raise Unprocessable(f"{name}: file is truncated or corrupt ({exc})") from None
+        check_gzip_complete(path, name)
+    except VolumeError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 def _check_nifti(path: Path, name: str, limits: UploadLimits) -> Declared:

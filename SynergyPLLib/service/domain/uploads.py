@@ -15,6 +15,9 @@ from pathlib import Path
 
 from fastapi import UploadFile
 
+from SynergyPLLib.engine.io import SeriesCountError
+from SynergyPLLib.engine.io import dicom_series_files as series_files
+
 from .errors import BadRequest, TooLarge, Unprocessable
 from .upload_checks import UploadLimits
 
@@ -116,17 +119,14 @@ def unzip_dicom(zip_path: Path, dest: Path, max_bytes: int, name: str) -> Path:
 def dicom_series_files(folder: Path, name: str, limits: UploadLimits | None = None) -> list[Path]:
     """The files of the single DICOM series in ``folder``, in slice order (as ITK reads them).
     With ``limits`` (an upload), each file's pixel data is checked first (:func:`check_dicom_files`)."""
-    import SimpleITK as sitk
-
     if limits is not None:  # GDCM silently leaves out a file it cannot read: check them all first
         check_dicom_files(sorted(p for p in folder.iterdir() if p.is_file()), name, limits)
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise Unprocessable(f"ZIP {name!r} holds no DICOM image series")
-    if len(series) > 1:
-        raise Unprocessable(f"ZIP {name!r} holds {len(series)} DICOM series; upload one series per case")
-    return [Path(f) for f in reader.GetGDCMSeriesFileNames(str(folder), series[0])]
+    try:
+        return [Path(f) for f in series_files(folder)]
+    except SeriesCountError as exc:
+        if exc.count == 0:
+            raise Unprocessable(f"ZIP {name!r} holds no DICOM image series") from None
+        raise Unprocessable(f"ZIP {name!r} holds {exc.count} DICOM series; upload one series per case") from None
 
 
 def check_dicom_files(files: list[Path], name: str, limits: UploadLimits) -> None:
