@@ -90,8 +90,8 @@ def test_configure_copies_module_lib_and_client_side_by_side(configured):
     scripts, resources = _module_files()
     for relative in scripts | resources:
         assert prefix + relative in destinations, relative
-    client = {p.relative_to(REPO).as_posix() for p in (REPO / "SynergyPLLib" / "client").rglob("*.py")
-              if "__pycache__" not in p.parts}
+    client = {p.relative_to(REPO).as_posix() for sub in ("client", "common")
+              for p in (REPO / "SynergyPLLib" / sub).rglob("*.py") if "__pycache__" not in p.parts}
     assert client, "SynergyPLLib/client has no files"
     for relative in client | {"SynergyPLLib/__init__.py"}:
         assert prefix + relative in destinations, relative
