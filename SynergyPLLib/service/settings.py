@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..client.api import DEFAULT_URL
+from ..client.tokens import MIN_TOKEN_LENGTH
 from ..common.project_folder import NotAProjectError, check_project_folder
 
 DEFAULT_HOST = urllib.parse.urlsplit(DEFAULT_URL).hostname  # the client's default address, served
@@ -72,8 +73,8 @@ class ServiceSettings:
         if not self.token:
             raise SettingsError("the server has no token: `synergypl serve` reads one from --token-file or "
                                 "SYNERGYPL_TOKEN, or keeps one in the project's .synergypl-token file")
-        if len(self.token) < 8:
-            raise SettingsError("the token is too short: use at least 8 characters")
+        if len(self.token) < MIN_TOKEN_LENGTH:
+            raise SettingsError(f"the token is too short: use at least {MIN_TOKEN_LENGTH} characters")
         if not (self.token.isascii() and self.token.isprintable()) or any(ch.isspace() for ch in self.token):
             raise SettingsError("the token must be printable ASCII without spaces (it travels in an HTTP header)")
         if self.loopback_without_token and not is_loopback(self.host):

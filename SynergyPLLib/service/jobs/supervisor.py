@@ -36,7 +36,6 @@ from ..store.orphans import remove_orphans
 from ..store.workspace import Workspace
 
 log = logging.getLogger("synergypl.jobs")
-LANES = ("train", "predict")
 
 
 def _pid_alive(pid: int | None) -> bool:
