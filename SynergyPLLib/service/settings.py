@@ -1,5 +1,5 @@
 """Run-time settings of one service process (address, token, allowed Host names, limits); the
-project's own options live in ``project.yaml`` (see :mod:`.project`).
+project's own options live in ``project.yaml`` (see :mod:`.store.project`).
 
 In: command-line options / environment.  Out: a frozen :class:`ServiceSettings`.
 """

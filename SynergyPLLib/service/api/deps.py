@@ -1,6 +1,6 @@
 """What every route depends on: the application state (:class:`AppState`) and :func:`get_state`.
 
-The app factory (:mod:`..app`) builds one :class:`AppState` and stores it on ``app.state``; routes get
+The app factory (:mod:`...app`) builds one :class:`AppState` and stores it on ``app.state``; routes get
 it with ``Depends(get_state)``, so no route imports the app factory.
 """
 

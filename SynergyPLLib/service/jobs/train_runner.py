@@ -1,6 +1,6 @@
 """A training round (runs in the training worker).
 
-1. Choose the cases (:mod:`.training_data`: labeled / validation hold-out / unlabeled) and the model to
+1. Choose the cases (:mod:`..domain.training_data`: labeled / validation hold-out / unlabeled) and the model to
    start from (the active model; from scratch when there is none), and record both in the job so a
    resumed round uses the same ones.
 2. Run ``engine.trainer.train`` (``iterations`` from the request, else the engine config's

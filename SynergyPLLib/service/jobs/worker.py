@@ -1,6 +1,6 @@
 """Worker process: claims queued jobs of one kind from the project database and runs them.
 
-Started by the API process (:mod:`.jobs`) as
+Started by the API process (:mod:`.supervisor`) as
 ``python -m SynergyPLLib.service.jobs.worker --project DIR --lane train|predict [--idle-seconds S]``.
 
 - stdin (from the API process): ``wake`` (a job was queued), ``cancel <job id>``; end of input means

@@ -1,7 +1,7 @@
 """Files a crash left behind: written, but never registered in the database.
 
 A label version or a prediction is published as a file/folder first and registered second (see
-:mod:`.store`), so a ``kill -9`` between the two leaves a file that no row points at. At start,
+:mod:`.files`), so a ``kill -9`` between the two leaves a file that no row points at. At start,
 before any worker runs, :func:`remove_orphans` deletes such label files
 (``cases/<id>/labels/*.nrrd``) and prediction folders (``cases/<id>/predictions/job-*``), and moves a
 case folder without a case row (a crash while adding a case) to ``trash/``.
