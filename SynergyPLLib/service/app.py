@@ -148,6 +148,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     for mod in (routes_info, routes_cases, routes_labels, routes_predict, routes_jobs, routes_next, routes_export):
         app.include_router(mod.router, prefix="/api")
+    from .api.routes import pacs as routes_pacs  # PACS / DICOMweb (issue 12)
+
+    app.include_router(routes_pacs.router, prefix="/api")
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=max_bytes)
     app.add_middleware(AccessMiddleware, settings=settings)  # added last = runs first
     return app

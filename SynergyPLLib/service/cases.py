@@ -160,6 +160,9 @@ def delete_case(ws: Workspace, case_id: str) -> None:
 
 
 def image_file(ws: Workspace, case_id: str) -> Path:
+    from .domain.pacs import ensure_local  # a PACS case's series is fetched on first use
+
+    ensure_local(ws, valid_id(case_id))
     with ws.db.Session() as s:
         return ws.abs(get_case_row(s, case_id).image_path)
 
