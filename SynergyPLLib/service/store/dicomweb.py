@@ -108,20 +108,36 @@ class DicomwebConfig:
 
     def session(self):
         """A ``requests`` session with the TLS and authentication settings."""
-        import requests
-
-        s = requests.Session()
+        s = _session_class()()
         if self.ca_bundle:
             if not Path(self.ca_bundle).is_file():
                 raise DicomwebError("config", f"dicomweb.ca_bundle {self.ca_bundle}: no such file")
-            s.verify = self.ca_bundle
-        else:
-            s.verify = self.verify
+            s.verify = s.forced_verify = self.ca_bundle
+        elif not self.verify:
+            s.verify = s.forced_verify = False
         if self.auth == "basic":
             s.auth = (self.username, self._secret(self.password_env, "password"))
         elif self.auth == "bearer":
             s.headers["Authorization"] = f"Bearer {self._secret(self.token_env, 'token')}"
         return s
+
+
+def _session_class():
+    import requests
+
+    class Session(requests.Session):
+        """requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's ``verify``; a
+        configured ca_bundle (or verify: false) must win."""
+
+        forced_verify: str | bool | None = None
+
+        def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001
+            settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+            if self.forced_verify is not None:
+                settings["verify"] = self.forced_verify
+            return settings
+
+    return Session
 
 
 def _value(item: dict, tag: str, default: Any = None) -> Any:
@@ -207,7 +223,9 @@ class DicomwebStore:
 
         items = self._call(f"WADO-RS metadata of series {series_uid}", self.client.retrieve_series_metadata,
                            study_uid, series_uid)
-        return [pydicom.Dataset.from_json(it) for it in items]
+        # bulk data (the pixels) is left on the server: only the attributes are read
+        return [pydicom.Dataset.from_json({k: v for k, v in it.items() if "BulkDataURI" not in v})
+                for it in items]
 
     def fetch_series(self, study_uid: str, series_uid: str, dest: Path) -> list[Path]:
         """Every instance of the series written to ``dest`` as ``IMnnnnn.dcm`` (Part 10 files)."""
