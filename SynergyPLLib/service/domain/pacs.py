@@ -246,9 +246,14 @@ def _case_lock(ws, case_id: str):
 def ensure_local(ws, case_id: str, store: DicomwebStore | None = None) -> bool:
     """Fetch a PACS case's series into the project on first use; False when nothing had to be done
     (not a PACS case, or already fetched). Raises a ServiceError and stores nothing on failure."""
+    from ..db import Case
+
     link = link_of(ws, case_id)
     if link is None or is_fetched(ws, case_id):
         return False
+    with ws.db.Session() as s:
+        if s.get(Case, case_id) is None:  # deleted (its link is stale): the caller answers 404
+            return False
     with _case_lock(ws, case_id):
         if is_fetched(ws, case_id):  # another request fetched it meanwhile
             return False
@@ -416,6 +421,10 @@ def remote_studies(ws) -> list[dict]:
 
 
 def pacs_info(ws, case_id: str) -> dict:
+    from ..cases import get_case_row
+
+    with ws.db.Session() as s:
+        get_case_row(s, case_id)  # 404 for a case that does not exist (or was deleted)
     link = link_of(ws, case_id)
     if link is None:
         raise NotFound(f"case {case_id!r} did not come from the PACS")
