@@ -290,6 +290,19 @@ def test_init_from_dicomweb_and_next_case_brings_the_series(pacs, tmp_path, dico
             assert np.allclose(after[key], np.asarray(getattr(original, key), dtype=float).reshape(-1), atol=1e-4)
         assert after["has_dicom"]
         assert c.download_image(nxt["id"]) == image_bytes_again(c, nxt["id"])  # second read: no new fetch
+        # a deleted PACS case can be imported again (its link goes with it); an unknown case is a 404
+        other = next(cid for cid in link if cid != nxt["id"])
+        c.delete_case(other)
+        with pytest.raises(ServerError) as err:
+            c._json("GET", f"/cases/{other}/pacs")
+        assert err.value.status == 404
+        again = c._json("POST", "/pacs/import", json_body={"study_uid": link[other]["study"],
+                                                           "series_uid": link[other]["series"]})
+        assert again["id"] == other and again["status"] == "unlabeled"
+        with pytest.raises(ServerError) as err:  # importing it twice is a conflict naming the case
+            c._json("POST", "/pacs/import", json_body={"study_uid": link[other]["study"],
+                                                       "series_uid": link[other]["series"]})
+        assert err.value.status == 409 and other in err.value.message
 
 
 def image_bytes_again(c, case_id: str) -> bytes:
@@ -327,6 +340,19 @@ def test_a_series_that_is_not_a_volume_is_refused_and_nothing_is_stored(pacs, pa
         import_series(pacs_ws, study, series)
     assert BAD_KINDS[kind] in err.value.detail and series in err.value.detail, err.value.detail
     assert _stored(pacs_ws) == before
+
+
+@pytest.mark.data
+def test_instances_of_several_series_are_not_one_volume(dicom_dir):
+    from SynergyPLLib.service.domain.pacs import volume_geometry
+    from SynergyPLLib.service.errors import Unprocessable
+
+    one = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((dicom_dir / SERIES[0]).glob("*.dcm"))]
+    two = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((dicom_dir / SERIES[1]).glob("*.dcm"))]
+    assert volume_geometry(one, "one")["shape"][2] == len(one)
+    with pytest.raises(Unprocessable) as err:
+        volume_geometry(one + two, "mixed")
+    assert "belong to 2 series" in err.value.detail
 
 
 @pytest.mark.data
