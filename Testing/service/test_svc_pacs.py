@@ -356,6 +356,29 @@ def test_instances_of_several_series_are_not_one_volume(dicom_dir):
 
 
 @pytest.mark.data
+@pytest.mark.parametrize("iop", [None, [-1, 0, 0, 0, 1, 0]])
+def test_geometry_from_metadata_is_the_one_itk_reads(dicom_dir, tmp_path, iop):
+    """Non-square pixels (and a flipped row direction, which reverses the slice order): the geometry
+    computed from the metadata at import equals the one ITK reads from the files at fetch."""
+    from SynergyPLLib.service.domain.pacs import volume_geometry
+
+    out = tmp_path / "series"
+    out.mkdir()
+    for f in sorted((dicom_dir / SERIES[0]).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [0.5, 0.8]
+        if iop is not None:
+            ds.ImageOrientationPatient = iop
+        ds.save_as(out / f.name)
+    meta = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(out.glob("*.dcm"))]
+    g = volume_geometry(meta, "series")
+    vol = read_volume(out)
+    assert g["shape"] == list(vol.shape)
+    for key in ("spacing", "origin", "direction"):
+        assert np.allclose(g[key], np.asarray(getattr(vol, key), dtype=float).reshape(-1), atol=1e-4), key
+
+
+@pytest.mark.data
 def test_unknown_series_is_404(pacs, pacs_ws):
     from SynergyPLLib.service.domain.pacs import import_series
     from SynergyPLLib.service.errors import NotFound
