@@ -21,6 +21,10 @@ def export(case_id: str,
            version: int | None = Query(None, ge=1, le=MAX_ID, description="default: the latest"),
            st: AppState = Depends(state)) -> Response:
     fmt = check_format(format)
+    if fmt == "dicom-seg":
+        from .domain.pacs import ensure_local  # a PACS case's series is fetched on first use
+
+        ensure_local(st.ws, case_id)
     with st.ws.db.Session() as s:
         case = get_case_row(s, case_id)
         dicom_dir = case.dicom_dir

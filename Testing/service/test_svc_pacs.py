@@ -180,6 +180,7 @@ def test_round_trip_import_predict_submit_publish_read_back(pacs, trained_projec
                                                            "case_id": "pacs_hcrop"})
         times["import_metadata"] = time.monotonic() - t0
         assert case["id"] == "pacs_hcrop" and case["status"] == "unlabeled" and case["source_format"] == "dicomweb"
+        assert case["has_dicom"]  # the panel offers DICOM SEG export before the files are fetched
         assert case["shape"] == [35, 51, 32] or sorted(case["shape"]) == sorted([51, 35, 32]), case["shape"]
         assert not (trained_project / "cases" / "pacs_hcrop" / "image.nrrd").exists()  # not fetched yet
         listed = {s["SeriesInstanceUID"]: s for s in c._json("GET", "/pacs/series", params={"study": study})}
@@ -234,6 +235,9 @@ def test_round_trip_import_predict_submit_publish_read_back(pacs, trained_projec
                    for f in sorted((trained_project / "cases" / "pacs_hcrop" / "dicom").glob("*.dcm"))]
         frames = seg.get_pixels_by_source_instance(sources, combine_segments=True)
         assert np.array_equal(np.transpose(frames, (2, 1, 0)), arr)
+
+        exported = pydicom.dcmread(io.BytesIO(c.export("pacs_hcrop", "dicom-seg")))  # the panel's export
+        assert exported.ReferencedSeriesSequence[0].SeriesInstanceUID == series
 
         # a second publish of the same version: refused, naming the SEG on the PACS
         with pytest.raises(ServerError) as err:
