@@ -561,3 +561,31 @@ def test_tls_needs_the_ca_bundle_of_a_self_signed_server(tmp_path):
         assert "no such file" in str(err.value)
     finally:
         srv.shutdown()
+
+
+@pytest.mark.data
+def test_training_fetches_labeled_pacs_cases_and_leaves_unfetched_unlabeled_ones_out(pacs, pacs_ws, tmp_path):
+    """A label submitted before the series was fetched (checked against the metadata geometry) is
+    usable: the training round's case selection fetches that case; an unfetched unlabeled PACS case is
+    left out of the unlabeled pool instead of failing the round."""
+    from SynergyPLLib.engine.io import write_volume
+    from SynergyPLLib.service.cases import image_geometry, list_cases
+    from SynergyPLLib.service.db import Case
+    from SynergyPLLib.service.domain.pacs import import_series, is_fetched
+    from SynergyPLLib.service.labels import add_label_version
+    from SynergyPLLib.service.training_data import select_cases
+
+    labeled = list_cases(pacs_ws)[0]["id"]
+    other = import_series(pacs_ws, *pacs["uids"][SERIES[1]])["id"]
+    with pacs_ws.db.Session() as s:
+        grid = image_geometry(s.get(Case, labeled))
+    arr = np.zeros(grid.shape, np.uint8)
+    arr[10:20, 10:20, 5:10] = 1
+    path = write_volume(grid.with_array(arr), tmp_path / "lab.nrrd")
+    add_label_version(pacs_ws, labeled, path, filename="lab.nrrd", author="Rita Reader", source="human",
+                      parent_version=0, status="confirmed")
+    assert not is_fetched(pacs_ws, labeled) and not is_fetched(pacs_ws, other)
+    chosen = select_cases(pacs_ws)
+    assert {e["id"] for e in chosen["labeled"] + chosen["validation"]} == {labeled}
+    assert is_fetched(pacs_ws, labeled) and (pacs_ws.root / chosen["labeled"][0]["image"]).exists()
+    assert other not in [e["id"] for e in chosen["unlabeled"]] and not is_fetched(pacs_ws, other)
