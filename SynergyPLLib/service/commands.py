@@ -15,6 +15,10 @@ from .settings import DEFAULT_HOST, DEFAULT_PORT
 
 
 def cmd_init(args) -> int:
+    if getattr(args, "from_dicomweb", None):  # a project whose cases are PACS series (docs/pacs.md)
+        from .domain.pacs import cmd_init_dicomweb
+
+        return cmd_init_dicomweb(args)
     from .domain.project_init import init_project
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -114,6 +118,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--profile", default="cpu", choices=["cpu", "gpu"], help="engine profile written to project.yaml")
     i.add_argument("--max-upload-mb", type=float, default=512.0)
     i.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite file in the project)")
+    i.add_argument("--from-dicomweb", metavar="URL", help="a DICOMweb server (PACS); its series become the cases")
+    i.add_argument("--study", action="append", help="with --from-dicomweb: only this study (repeatable)")
+    i.add_argument("--series", action="append", help="with --from-dicomweb: only this series (repeatable)")
+    i.add_argument("--dicomweb-auth", default="none", choices=["none", "basic", "bearer"])
+    i.add_argument("--dicomweb-username", default=None, help="for basic auth (the password comes from the environment)")
+    i.add_argument("--dicomweb-secret-env", default=None, metavar="VAR",
+                   help="NAME of the environment variable holding the password/token (default SYNERGYPL_PACS_PASSWORD "
+                        "or SYNERGYPL_PACS_TOKEN); never the secret itself")
+    i.add_argument("--dicomweb-ca-bundle", default=None, help="CA bundle for the server's TLS certificate")
     i.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", help="serve a project over HTTP (REST API at /api, docs at /docs)")

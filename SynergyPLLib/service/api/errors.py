@@ -14,13 +14,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..domain.errors import BadRequest, Conflict, NotFound, ServiceError, TooLarge, Unprocessable
+from ..domain.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PacsTimeout,
+    PacsUnavailable,
+    ServiceError,
+    TooLarge,
+    Unprocessable,
+)
 
 log = logging.getLogger("synergypl.app")
 
 #: the HTTP status of each domain error (a subclass gets its nearest listed base's)
 STATUS: dict[type[ServiceError], int] = {
-    BadRequest: 400, NotFound: 404, Conflict: 409, TooLarge: 413, Unprocessable: 422, ServiceError: 400}
+    BadRequest: 400, NotFound: 404, Conflict: 409, TooLarge: 413, Unprocessable: 422,
+    PacsUnavailable: 502, PacsTimeout: 504, ServiceError: 400}
 
 
 def status_of(exc: ServiceError) -> int:

@@ -53,7 +53,7 @@ def summary(case: Case, label: LabelVersion | None, pred: Prediction | None) -> 
         "id": case.id, "status": status_of(label, pred), "source_format": case.source_format,
         "original_name": case.original_name, "created_at": case.created_at.isoformat(),
         "shape": g["shape"], "spacing": g["spacing"], "origin": g["origin"], "direction": g["direction"],
-        "has_dicom": case.dicom_dir is not None,
+        "has_dicom": case.dicom_dir is not None or case.source_format == "dicomweb",  # PACS: files on first use
         "latest_label": label_info(label) if label else None,
         "prediction": None if pred is None else {
             "model_version": pred.model_version, "job_id": pred.job_id, "created_at": pred.created_at.isoformat(),
@@ -153,6 +153,9 @@ def delete_case(ws: Workspace, case_id: str) -> None:
 
 
 def image_file(ws: Workspace, case_id: str) -> Path:
+    from .pacs import ensure_local  # a PACS case's series is fetched on first use
+
+    ensure_local(ws, valid_id(case_id))
     with ws.db.Session() as s:
         return ws.abs(get_case_row(s, case_id).image_path)
 

@@ -32,3 +32,11 @@ class TooLarge(ServiceError):
 
 class Unprocessable(ServiceError):
     """An upload is well-formed but cannot be used (wrong grid, unreadable volume, ...)."""
+
+
+class PacsUnavailable(ServiceError):
+    """The PACS cannot be reached, refused us, or answered something unusable."""
+
+
+class PacsTimeout(ServiceError):
+    """The PACS did not answer in time."""

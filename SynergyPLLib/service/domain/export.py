@@ -38,6 +38,10 @@ def check_format(fmt: str) -> str:
 def export_label(ws: Workspace, case_id: str, fmt: str, version: int | None) -> tuple[bytes, int, str, str]:
     """A label version (None: the latest) in format ``fmt`` -> (bytes, version, file extension, media type)."""
     fmt = check_format(fmt)
+    if fmt == "dicom-seg":
+        from .pacs import ensure_local  # fetched on first use; a lazy import: pacs imports this module
+
+        ensure_local(ws, case_id)
     with ws.db.Session() as s:
         dicom_dir = get_case_row(s, case_id).dicom_dir
     lv = version_row(ws, case_id, version)

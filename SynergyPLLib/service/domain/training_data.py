@@ -57,6 +57,10 @@ def select_cases(ws: Workspace, labels: str = "confirmed") -> dict:
             labeled[c.id] = entry
         elif lv is None or labels == "confirmed":
             unlabeled.append(entry)
+    from .pacs import ensure_images
+
+    ensure_images(ws, list(labeled))  # PACS cases: labeled ones fetched now, unfetched unlabeled ones left out
+    unlabeled = [e for e in unlabeled if ws.abs(e["image"]).exists()]
     if not labeled:
         what = "confirmed label" if labels == "confirmed" else "label"
         raise Conflict(f"no case has a {what} yet; submit at least one label before training")

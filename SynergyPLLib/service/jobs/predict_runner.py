@@ -50,6 +50,9 @@ class PredictRunner:
         if version is None:
             finish(ws, job.id, JobStatus.FAILED, error="there is no model yet: train a first round before predicting")
             return
+        from ..domain.pacs import ensure_local  # a PACS case's series is fetched on first use
+
+        ensure_local(ws, job.case_id)
         with ws.db.Session() as s:
             case = s.get(Case, job.case_id)
             if case is None:

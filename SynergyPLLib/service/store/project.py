@@ -81,6 +81,7 @@ class ProjectConfig(BaseModel):
     classes: list[ClassInfo]
     service: ServiceOptions = Field(default_factory=ServiceOptions)
     engine: dict[str, Any] = Field(default_factory=dict)
+    dicomweb: dict[str, Any] | None = None  # a PACS the cases come from (docs/pacs.md; store/dicomweb.py)
 
     @field_validator("classes")
     @classmethod
