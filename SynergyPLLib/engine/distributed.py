@@ -125,7 +125,8 @@ class DistContext:
     def after_step(self, trainer, losses: dict[str, float]) -> dict[str, float]:
         """Losses averaged over the ranks (for progress and history); logs the step's cases when asked."""
         if os.environ.get(RANK_LOG_ENV):
-            record = {"iteration": trainer.iteration, "rank": self.rank, "world_size": self.world_size}
+            record = {"iteration": trainer.iteration, "rank": self.rank, "world_size": self.world_size,
+                      "pid": os.getpid()}
             for name in ("labeled", "unlabeled"):
                 s = getattr(trainer, name)
                 if s is not None:
