@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -27,6 +28,7 @@ from .db import Job, ModelVersion, now
 from .model_orientation import is_legacy_checkpoint, training_orientation
 from .registry import active_version, register
 from .store import atomic_write_bytes, sha256_file
+from .train_ddp import run_distributed, training_processes
 from .training_data import select_cases
 from .worker_io import Control, finish
 from .workspace import Workspace
@@ -115,7 +117,10 @@ class TrainRunner:
                     return bool(row is None or row.cancel_requested)
             return False
 
-        result = train(cfg, self._specs(data["labeled"]), self._specs(data["unlabeled"]),
+        # several GPUs (project.yaml training.gpus): the same round, run by torchrun processes
+        nproc = training_processes(ws.config, self.device)
+        run = train if nproc <= 1 else functools.partial(run_distributed, nproc)
+        result = run(cfg, self._specs(data["labeled"]), self._specs(data["unlabeled"]),
                        self._specs(data["validation"]), out_dir, init_checkpoint=init_ckpt, resume=resume,
                        on_progress=on_progress, should_stop=should_stop, device=self.device)
         if result.cancelled:
