@@ -95,6 +95,11 @@ class DistContext:
         """A different, reproducible seed per rank (the seed itself on rank 0 and without DDP)."""
         return seed + 104729 * self.rank
 
+    def seed_ranks(self, seed: int) -> None:
+        """Give each rank its own torch random stream (dropout) once the networks are built."""
+        if self.enabled:
+            torch.manual_seed(self.rank_seed(seed))
+
     def wrap(self, student: torch.nn.Module, teacher: torch.nn.Module):
         """The module to run the training forward through: DDP around ``student`` when distributed.
 

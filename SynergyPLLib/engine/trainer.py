@@ -154,7 +154,7 @@ class Trainer:
         self.train_net = amp_forward(self.dist.wrap(self.student, self.teacher), self.device, tc.amp)
         self.teacher_net = amp_forward(self.teacher, self.device, tc.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=bool(tc.amp and self.device.type == "cuda"))
-        torch.manual_seed(self.dist.rank_seed(tc.seed))  # dropout masks differ per rank (same seed on rank 0)
+        self.dist.seed_ranks(tc.seed)  # DDP hook: dropout masks differ per rank (nothing without DDP)
 
         self.labeled = self.dist.shard(PatchSampler(labeled, tc.patch_size, self.rng), tc.seed)
         self.unlabeled = self.dist.shard(PatchSampler(unlabeled, tc.patch_size, self.rng), tc.seed + 1) \

@@ -100,7 +100,7 @@ def run_distributed(nproc: int, config: EngineConfig, labeled: list[CaseSpec], u
         lines.put(None)
 
     threading.Thread(target=read, daemon=True, name="ddp-progress").start()
-    result = None
+    result = error = None
     try:
         while True:
             if should_stop is not None and not stop.exists() and should_stop():
@@ -118,14 +118,16 @@ def run_distributed(nproc: int, config: EngineConfig, labeled: list[CaseSpec], u
                 on_progress(ProgressEvent(**msg["data"]))
             elif msg.get("event") == "result":
                 result = msg["data"]
+            elif msg.get("event") == "error" and error is None:
+                error = msg["data"]
         rc = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     if rc != 0 or result is None:
-        raise RuntimeError(f"distributed training on {nproc} processes failed (torchrun exit status {rc}); "
-                           "see the worker log")
+        why = f": rank {error['rank']}: {error['message']}" if error else "; see the worker log"
+        raise RuntimeError(f"distributed training on {nproc} processes failed (torchrun exit status {rc}){why}")
     result["checkpoint"] = Path(result["checkpoint"])
     return TrainResult(**result)
 
@@ -153,11 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         return [CaseSpec(e["id"], Path(e["image"]), Path(e["label"]) if e.get("label") else None) for e in spec[key]]
 
     try:
-        result = train(EngineConfig.from_dict(spec["config"]), cases("labeled"), cases("unlabeled"),
-                       cases("validation"), spec["out_dir"], init_checkpoint=spec["init_checkpoint"],
-                       resume=spec["resume"], device=spec["device"],
-                       on_progress=(lambda ev: send("progress", dataclasses.asdict(ev))) if main_rank else None,
-                       should_stop=stop.exists if main_rank else None)
+        try:
+            result = train(EngineConfig.from_dict(spec["config"]), cases("labeled"), cases("unlabeled"),
+                           cases("validation"), spec["out_dir"], init_checkpoint=spec["init_checkpoint"],
+                           resume=spec["resume"], device=spec["device"],
+                           on_progress=(lambda ev: send("progress", dataclasses.asdict(ev))) if main_rank else None,
+                           should_stop=stop.exists if main_rank else None)
+        except Exception as exc:  # the reason reaches the job's error, not only the log
+            send("error", {"rank": env_rank(), "message": f"{type(exc).__name__}: {exc}"[:2000]})
+            raise
     finally:
         shutdown()
     if main_rank:

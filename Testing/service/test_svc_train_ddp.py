@@ -91,3 +91,16 @@ def test_round_on_two_processes_progress_and_cancel(project):
             time.sleep(0.2)
         assert not _processes_with(spec), "ranks left running after cancel"
         assert [m["version"] for m in c.models()] == [1]
+
+
+def test_failed_distributed_round_says_why(tmp_path):
+    """A rank's error (here: a missing image) reaches the job's error message, not only the log."""
+    from SynergyPLLib.engine.config import profile_config
+    from SynergyPLLib.engine.data import CaseSpec
+    from SynergyPLLib.service.train_ddp import run_distributed
+
+    cfg = profile_config("cpu")
+    cfg.train.method = "supervised"
+    missing = CaseSpec("gone", tmp_path / "gone.nii.gz", tmp_path / "gone_label.nii.gz")
+    with pytest.raises(RuntimeError, match=r"failed \(torchrun exit status [1-9]\d*\): rank [01]: .*gone\.nii\.gz"):
+        run_distributed(2, cfg, [missing], [], [missing], tmp_path / "out", device="cpu")
