@@ -60,7 +60,7 @@ def training_processes(project_config, device: str) -> int:
 def torchrun_command(nproc: int, spec: Path) -> list[str]:
     """The command line that trains the round described by ``spec`` on ``nproc`` processes of this machine."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-            "-m", "SynergyPLLib.service.train_ddp", "--spec", str(spec)]
+            "-m", __spec__.name, "--spec", str(spec)]  # this module, wherever it is moved
 
 
 def _specs(specs: list[CaseSpec]) -> list[dict]:

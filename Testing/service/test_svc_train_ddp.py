@@ -13,6 +13,7 @@ import torch
 import yaml
 from svc_support import TINY_ITERATIONS, Server
 
+from SynergyPLLib.service import train_ddp
 from SynergyPLLib.service.project import ProjectConfig, TrainingOptions
 from SynergyPLLib.service.train_ddp import SPEC_NAME, torchrun_command, training_processes
 
@@ -50,7 +51,7 @@ def test_setting_and_command_line(tmp_path):
         TrainingOptions.model_validate({"gpus": 0})
     cmd = torchrun_command(4, tmp_path / SPEC_NAME)
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=4" in cmd and "--standalone" in cmd
-    assert cmd[cmd.index("-m", 3) + 1] == "SynergyPLLib.service.train_ddp"
+    assert cmd[cmd.index("-m", 3) + 1] == train_ddp.__name__ and cmd[-2:] == ["--spec", str(tmp_path / SPEC_NAME)]
 
 
 def test_round_on_two_processes_progress_and_cancel(project):
