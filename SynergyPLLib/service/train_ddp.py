@@ -39,6 +39,7 @@ from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.trainer import ProgressEvent, TrainResult
 
 SPEC_NAME, STOP_NAME = "ddp-spec.json", "cancel.flag"
+PARENT_ENV = "SYNERGYPL_DDP_PARENT"  # the worker's pid, for the ranks (see _die_with_parent)
 
 
 def training_processes(project_config, device: str) -> int:
@@ -67,12 +68,33 @@ def _specs(specs: list[CaseSpec]) -> list[dict]:
     return [{"id": s.id, "image": str(s.image), "label": str(s.label) if s.label else None} for s in specs]
 
 
-def _die_with_parent() -> None:
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # a zombie has ended
+
+
+def _die_with_parent(worker: str | None = None) -> None:
+    """Be killed when the parent process dies (Linux), and end now if ``worker`` (a pid) has already gone.
+
+    A rank sets this up only after its imports; had the worker (and so torchrun) died meanwhile, the
+    parent-death signal would never come, hence the check.
+    """
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    if worker and worker.isdigit() and not _alive(int(worker)):
+        os._exit(1)
 
 
 def run_distributed(nproc: int, config: EngineConfig, labeled: list[CaseSpec], unlabeled: list[CaseSpec],
@@ -89,7 +111,7 @@ def run_distributed(nproc: int, config: EngineConfig, labeled: list[CaseSpec], u
         "config": config.to_dict(), "labeled": _specs(labeled), "unlabeled": _specs(unlabeled),
         "validation": _specs(validation), "out_dir": str(out_dir), "resume": bool(resume), "device": device,
         "init_checkpoint": str(init_checkpoint) if init_checkpoint else None}, indent=1))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(torchrun_command(nproc, spec), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=None, text=True, env=env, preexec_fn=_die_with_parent)
     lines: queue.Queue = queue.Queue()
@@ -137,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m SynergyPLLib.service.train_ddp")
     ap.add_argument("--spec", required=True)
     args = ap.parse_args(argv)
-    _die_with_parent()  # the launcher is killed with the worker; the ranks go with it
+    _die_with_parent(os.environ.get(PARENT_ENV))  # torchrun is killed with the worker; the ranks go with it
     from SynergyPLLib.engine.distributed import env_rank, shutdown
     from SynergyPLLib.engine.trainer import train
 

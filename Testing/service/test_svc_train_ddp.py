@@ -93,6 +93,19 @@ def test_round_on_two_processes_progress_and_cancel(project):
         assert not _processes_with(spec), "ranks left running after cancel"
         assert [m["version"] for m in c.models()] == [1]
 
+        # the service killed during a round: its worker, torchrun and both ranks go with it (no orphans)
+        job3 = c.train(iterations=5000)
+        deadline = time.monotonic() + 180
+        spec3 = str(project / "models" / f"job-{job3['id']:06d}" / SPEC_NAME)
+        while time.monotonic() < deadline and len(_processes_with(spec3)) < 3:
+            time.sleep(0.3)
+        assert len(_processes_with(spec3)) >= 3
+        srv.kill9()
+        deadline = time.monotonic() + 30
+        while _processes_with(spec3) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_with(spec3), "torchrun or its ranks outlived the killed service"
+
 
 def test_failed_distributed_round_says_why(tmp_path):
     """A rank's error (here: a missing image) reaches the job's error message, not only the log."""
@@ -105,3 +118,4 @@ def test_failed_distributed_round_says_why(tmp_path):
     missing = CaseSpec("gone", tmp_path / "gone.nii.gz", tmp_path / "gone_label.nii.gz")
     with pytest.raises(RuntimeError, match=r"failed \(torchrun exit status [1-9]\d*\): rank [01]: .*gone\.nii\.gz"):
         run_distributed(2, cfg, [missing], [], [missing], tmp_path / "out", device="cpu")
+
