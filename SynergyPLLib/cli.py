@@ -31,7 +31,10 @@ def cmd_train(args) -> int:
 
     from .engine.config import EngineConfig, profile_config
     from .engine.data import CaseSpec, load_decathlon
+    from .engine.distributed import env_rank, shutdown
     from .engine.trainer import train
+
+    main_rank = env_rank() == 0  # under torchrun only rank 0 reports (see engine/distributed.py)
 
     classes, cases = load_decathlon(args.data)
     cfg = EngineConfig.load(args.config) if args.config else profile_config(args.profile, classes)
@@ -49,10 +52,17 @@ def cmd_train(args) -> int:
     unlabeled = [CaseSpec(c.id, c.image) for c in rest[n_lab:]]
     if cfg.train.method in ("supervised", "full"):
         unlabeled = []
-    print(f"{cfg.train.method}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(val)} validation cases; "
-          f"{cfg.train.iterations} iterations", file=sys.stderr)
-    res = train(cfg, labeled, unlabeled, val, args.out, init_checkpoint=args.init, resume=args.resume,
-                on_progress=_progress_bar(cfg.train.iterations, "train"), progress_bar=True)
+    if main_rank:
+        print(f"{cfg.train.method}: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(val)} validation "
+              f"cases; {cfg.train.iterations} iterations", file=sys.stderr)
+    try:
+        res = train(cfg, labeled, unlabeled, val, args.out, init_checkpoint=args.init, resume=args.resume,
+                    on_progress=_progress_bar(cfg.train.iterations, "train") if main_rank else None,
+                    progress_bar=main_rank)
+    finally:
+        shutdown()
+    if not main_rank:
+        return 0
     print(json.dumps({"checkpoint": str(res.checkpoint), "best_val_dice": res.best_val_dice,
                       "best_iteration": res.best_iteration, "temperature": res.temperature,
                       "ece_before": res.ece_before, "ece_after": res.ece_after,

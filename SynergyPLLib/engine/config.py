@@ -104,6 +104,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     num_threads: int = 0  # 0: leave torch's default
+    # mixed precision for training: float16 autocast + GradScaler on CUDA (the gpu profile), bfloat16 autocast
+    # on CPU; the losses are computed in float32 either way
+    amp: bool = False
     soft: SoftLabelConfig = field(default_factory=SoftLabelConfig)
 
 
@@ -195,6 +198,7 @@ def profile_config(profile: str, classes: list[str] | None = None) -> EngineConf
         cfg.train.batch_unlabeled = 4
         cfg.train.val_every = 200
         cfg.train.checkpoint_every = 200
+        cfg.train.amp = True
         cfg.inference.mix_views = 2
     else:
         raise ValueError(f"unknown profile {profile!r}; choose cpu or gpu")

@@ -186,6 +186,8 @@ class PatchSampler:
         self.images = [_pad_to(c.image, self.patch, float(c.image.min())) for c in cases]
         self.labels = [None if c.label is None else _pad_to(c.label, self.patch, 0) for c in cases]
         self.foreground = [None if lab is None else np.argwhere(lab > 0) for lab in self.labels]
+        self.ids = [c.id for c in cases]
+        self.last_ids: list[str] = []  # the cases of the last draw (distributed-training test hook)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -200,9 +202,13 @@ class PatchSampler:
                 corner.append(int(np.clip(centre[d] - p // 2, 0, hi)))
         return corner
 
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``n`` patches: images (n, 1, *patch) and labels (n, *patch) long, or None if unlabeled."""
-        idx = self.rng.integers(0, len(self.images), size=n)
+    def sample(self, n: int, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` patches: images (n, 1, *patch) and labels (n, *patch) long, or None if unlabeled.
+
+        The cases are drawn at random, or are ``indices`` when given (a rank's shard, see engine.distributed).
+        """
+        idx = self.rng.integers(0, len(self.images), size=n) if indices is None else indices
+        self.last_ids = [self.ids[i] for i in idx]
         xs, ys = [], []
         for i in idx:
             img, lab, fg = self.images[i], self.labels[i], self.foreground[i]

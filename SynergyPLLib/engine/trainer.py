@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.utils import set_determinism
 
+from . import distributed
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
@@ -34,7 +35,6 @@ from .model import (
     FeatureHook,
     atomic_torch_save,
     build_network,
-    default_device,
     load_checkpoint,
     network_from_checkpoint,
 )
@@ -132,12 +132,13 @@ class Trainer:
         self.C = config.num_classes
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device or default_device())
+        self.dist = distributed.setup(device)  # DDP hook: rank, world size, this rank's device
+        self.device = self.dist.device
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         set_determinism(seed=tc.seed)
-        self.rng = np.random.default_rng(tc.seed)
-        self.gen = torch.Generator().manual_seed(tc.seed)
+        self.rng = np.random.default_rng(self.dist.rank_seed(tc.seed))  # DDP hook: own stream per rank
+        self.gen = torch.Generator().manual_seed(self.dist.rank_seed(tc.seed))
 
         self.student = build_network(config.model, self.C).to(self.device)
         self.temperature = 1.0
@@ -149,9 +150,15 @@ class Trainer:
             p.requires_grad_(False)
         self.optimizer = build_optimizer(self.student, tc)
         self.features = FeatureHook(self.student)
+        # DDP + AMP hooks: the training forward goes through DDP (synchronized gradients) and autocast
+        self.train_net = amp_forward(self.dist.wrap(self.student, self.teacher), self.device, tc.amp)
+        self.teacher_net = amp_forward(self.teacher, self.device, tc.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=bool(tc.amp and self.device.type == "cuda"))
+        self.dist.seed_ranks(tc.seed)  # DDP hook: dropout masks differ per rank (nothing without DDP)
 
-        self.labeled = PatchSampler(labeled, tc.patch_size, self.rng)
-        self.unlabeled = PatchSampler(unlabeled, tc.patch_size, self.rng) if unlabeled else None
+        self.labeled = self.dist.shard(PatchSampler(labeled, tc.patch_size, self.rng), tc.seed)
+        self.unlabeled = self.dist.shard(PatchSampler(unlabeled, tc.patch_size, self.rng), tc.seed + 1) \
+            if unlabeled else None
         self.validation = validation
         self.window = WindowPredictor(self.teacher, tc.patch_size, config.inference.overlap,
                                       config.inference.sw_batch_size, str(self.device))
@@ -202,26 +209,26 @@ class Trainer:
         losses: dict[str, float] = {}
 
         if self.method in ("supervised", "full"):
-            logits_l = self.student(xl)
+            logits_l = self.train_net(xl)
             loss = self.supervised_loss(logits_l, yl)
         else:
             xu, _ = self.unlabeled.sample(tc.batch_unlabeled)
             xu = xu.to(self.device)
             bl, bu = xl.shape[0], xu.shape[0]
             if self.method == "mean_teacher":
-                logits = self.student(torch.cat([xl, self._noisy(xu)]))
+                logits = self.train_net(torch.cat([xl, self._noisy(xu)]))
                 with torch.no_grad():
-                    t_probs = torch.softmax(self.teacher(self._noisy(xu)), 1)
+                    t_probs = torch.softmax(self.teacher_net(self._noisy(xu)), 1)
                 logits_l = logits[:bl]
                 consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
                 loss_u = tc.consistency_weight * consistency
                 losses["consistency"] = float(consistency.detach())
             else:
                 with torch.no_grad():
-                    pseudo = self.teacher(self._noisy(xu)).argmax(1)
+                    pseudo = self.teacher_net(self._noisy(xu)).argmax(1)
                 lam = mix_lambda(bu, tc.mix_beta, self.gen).to(self.device)
                 x_mix = mix_images(xu, xl, lam)
-                logits = self.student(torch.cat([xl, xu, x_mix]))
+                logits = self.train_net(torch.cat([xl, xu, x_mix]))
                 logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
                 with torch.no_grad():
                     regions = synergy_regions(torch.softmax(logits_u / self.temperature, 1),
@@ -236,14 +243,16 @@ class Trainer:
                     losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
             if self.use_similarity and self.features.features is not None:
                 self.prototypes.update(self.features.features[:bl], yl)
+                self.dist.sync_prototypes(self.prototypes)  # DDP hook: the same prototypes on every rank
             loss_l = self.supervised_loss(logits_l, yl)
             losses["supervised"] = float(loss_l.detach())
             losses["unlabeled"] = float(loss_u.detach())
             loss = loss_l + w * loss_u
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()  # AMP hook: a no-op scaler unless amp on CUDA
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.iteration += 1
         ema_update(self.teacher, self.student, min(1 - 1 / (self.iteration + 1), tc.ema_decay))
         self.ema_updates += 1
@@ -294,13 +303,16 @@ class Trainer:
         }
 
     def save_state(self) -> None:
+        extra = self.dist.rank_states(self)  # DDP hook: every rank's random state (collective); rank 0 writes
+        if not self.dist.is_main:
+            return
         atomic_torch_save({
             "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
             "ema_updates": self.ema_updates, "best_dice": self.best_dice, "best_iteration": self.best_iteration,
             "temperature": self.temperature, "prototypes": self.prototypes.state_dict(),
             "history": self.history, "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "method": self.method,
+            "torch_rng": torch.get_rng_state(), "method": self.method, "scaler": self.scaler.state_dict(), **extra,
         }, self.out_dir / "state.pt")
 
     def load_state(self) -> bool:
@@ -321,6 +333,9 @@ class Trainer:
         self.rng.bit_generator.state = s["rng"]
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.dist.load_rank_state(self, s)  # DDP hook: this rank's random state and data-stream position
         return True
 
     def _validate_and_keep_best(self) -> float:
@@ -344,7 +359,7 @@ class Trainer:
         cancelled = False
 
         def emit(phase, losses, val=None):
-            if on_progress is None:
+            if on_progress is None or not self.dist.is_main:  # DDP hook: progress once, from rank 0
                 return
             done = self.iteration - start_it
             rate = (time.perf_counter() - start) / max(1, done)
@@ -353,13 +368,13 @@ class Trainer:
                                       rate * (tc.iterations - self.iteration), phase))
 
         while self.iteration < tc.iterations:
-            if should_stop is not None and should_stop():
+            if self.dist.should_stop(should_stop):  # DDP hook: rank 0's answer, broadcast
                 cancelled = True
                 break
-            losses = self.step()
+            losses = self.dist.after_step(self, self.step())  # DDP hook: losses averaged over the ranks
             val = None
             if self.iteration % tc.val_every == 0 or self.iteration == tc.iterations:
-                val = self._validate_and_keep_best()
+                val = self.dist.validate(self)  # DDP hook: on rank 0, decision broadcast
                 self.history.append({"iteration": self.iteration, "val_dice": val, **losses,
                                      **{f"share_{n}": float(v) for n, v in zip(REGION_NAMES, self.region_share, strict=True)}})
                 emit("validate", losses, val)
@@ -368,6 +383,8 @@ class Trainer:
             if self.iteration % tc.checkpoint_every == 0:
                 self.save_state()
         self.save_state()
+        if not self.dist.is_main:  # DDP hook: rank 0 calibrates and writes model.pt; the others get its result
+            return self.dist.finish(self)
         if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
             self._validate_and_keep_best()
 
@@ -393,8 +410,24 @@ class Trainer:
         self.teacher.load_state_dict(live)
         seconds = time.perf_counter() - start
         emit("cancelled" if cancelled else "done", {})
-        return TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
-                           seconds, applied, before, ckpt["metrics"]["ece_after"], cancelled, self.history)
+        result = TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
+                             seconds, applied, before, ckpt["metrics"]["ece_after"], cancelled, self.history)
+        return self.dist.finish(self, result)  # DDP hook: the same result on every rank
+
+
+def amp_forward(net: torch.nn.Module, device: torch.device, enabled: bool):
+    """``net`` itself, or a callable running it under autocast (float16 on CUDA, bfloat16 on CPU) that
+    returns float32 logits, so the losses stay in float32."""
+    if not enabled:
+        return net
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype):
+            out = net(x)
+        return out.float()
+
+    return forward
 
 
 def train(config: EngineConfig, labeled: list[CaseSpec], unlabeled: list[CaseSpec], validation: list[CaseSpec],

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from ..store.files import atomic_write_bytes, sha256_file
 from ..store.registry import active_version, register
 from ..store.workspace import Workspace
 from . import faults
+from .train_ddp import run_distributed, training_processes
 from .worker_io import Control, finish
 
 
@@ -114,7 +116,10 @@ class TrainRunner:
                     return bool(row is None or row.cancel_requested)
             return False
 
-        result = train(cfg, self._specs(data["labeled"]), self._specs(data["unlabeled"]),
+        # several GPUs (project.yaml training.gpus): the same round, run by torchrun processes
+        nproc = training_processes(ws.config, self.device)
+        run = train if nproc <= 1 else functools.partial(run_distributed, nproc)
+        result = run(cfg, self._specs(data["labeled"]), self._specs(data["unlabeled"]),
                        self._specs(data["validation"]), out_dir, init_checkpoint=init_ckpt, resume=resume,
                        on_progress=on_progress, should_stop=should_stop, device=self.device)
         if result.cancelled:

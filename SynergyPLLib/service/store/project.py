@@ -74,12 +74,19 @@ class ServiceOptions(BaseModel):
     validation_seed: int = 0
 
 
+class TrainingOptions(BaseModel):
+    # processes (one per GPU) of a training round, launched with torchrun (see service/jobs/train_ddp.py);
+    # the engine's batch sizes are per GPU
+    gpus: int = Field(1, ge=1, le=64)
+
+
 class ProjectConfig(BaseModel):
     name: str
     description: str = ""
     background: str = "background"
     classes: list[ClassInfo]
     service: ServiceOptions = Field(default_factory=ServiceOptions)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
     engine: dict[str, Any] = Field(default_factory=dict)
     dicomweb: dict[str, Any] | None = None  # a PACS the cases come from (docs/pacs.md; store/dicomweb.py)
 
