@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.utils import set_determinism
 
+from ..common.metrics import dice_per_class
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
@@ -99,16 +100,6 @@ def build_optimizer(net: torch.nn.Module, tc) -> torch.optim.Optimizer:
     if tc.optimizer == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     raise ValueError(f"unknown optimizer {tc.optimizer!r}; choose sgd or adamw")
-
-
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
-    """Dice of each foreground class (1 when both are empty)."""
-    out = []
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        denom = p.sum() + t.sum()
-        out.append(1.0 if denom == 0 else float(2 * (p & t).sum() / denom))
-    return out
 
 
 class Trainer:

@@ -4,7 +4,7 @@
    cases with their labels, a ``pool`` of unlabeled cases, and ``evaluate`` held-out cases.
 2. Round 1 (from scratch), progress streamed over server-sent events.
 3. Predictions with heatmaps for every waiting case; Dice of the held-out cases ("before").
-4. A simulated annotator takes ``review`` cases in the order of GET /api/next-case, fixes the flagged
+4. A simulated annotator (:mod:`.annotator`) takes ``review`` cases in the order of GET /api/next-case, fixes the flagged
    regions in rank order (copies the ground truth into each region's voxels) and, if the case has not
    reached ``target_dice`` yet, goes on with the next-least-confident voxels (heatmap below 0.6, 0.7, ...
    0.99, then all), and submits the result as a confirmed label.
@@ -29,10 +29,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# The only library modules the demo uses (the service: project_init, and `python -m SERVICE_MODULE`):
+from ..client import SynergyPLClient
+from ..common.metrics import mean_dice
+from ..engine.io import read_volume, write_volume
+from ..service.project_init import init_project
+from .annotator import ReviewResult, simulate_annotator
+from .demo_report import write_report
+
+SERVICE_MODULE = "SynergyPLLib.service"  # run as `python -m SERVICE_MODULE serve` for the demo's server
 
 
 @dataclass
@@ -53,99 +63,9 @@ class DemoOptions:
     quiet: bool = False
 
 
-@dataclass
-class ReviewResult:
-    case_id: str
-    dice_before: float
-    dice_after: float
-    regions_fixed: int
-    regions_total: int
-    touched: int
-    touched_to_target: int | None
-    full_review: int
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    dice_regions_only: float = 0.0  # after the flagged regions alone
-    touched_regions: int = 0  # voxels of the flagged regions fixed
-
-
 def default_data() -> Path:
     shared = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
     return shared / "data" / "hippocampus"
-
-
-def dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over the foreground classes (a class absent from both counts as 1)."""
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        s = int(p.sum() + t.sum())
-        scores.append(1.0 if s == 0 else 2.0 * np.logical_and(p, t).sum() / s)
-    return float(np.mean(scores))
-
-
-def full_review_voxels(pred: np.ndarray, truth: np.ndarray) -> int:
-    fg = (pred > 0) | (truth > 0)
-    if not fg.any():
-        return 0
-    idx = np.nonzero(fg)
-    return int(np.prod([i.max() - i.min() + 1 for i in idx]))
-
-
-def region_masks(heatmap: np.ndarray, regions: list[dict], threshold: float) -> list[np.ndarray]:
-    """The voxels of each flagged region (the engine's components of heatmap < threshold)."""
-    from scipy import ndimage
-
-    comps, _ = ndimage.label(heatmap < threshold, structure=np.ones((3, 3, 3), bool))
-    boxes = ndimage.find_objects(comps)
-    by_box = {}
-    for n, box in enumerate(boxes, start=1):
-        if box is not None:
-            by_box[(tuple(s.start for s in box), tuple(s.stop - 1 for s in box))] = n
-    masks = []
-    for r in regions:
-        n = by_box.get((tuple(r["bbox_ijk"][0]), tuple(r["bbox_ijk"][1])))
-        masks.append(comps == n if n else np.zeros(heatmap.shape, bool))
-    return masks
-
-
-WIDEN = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)  # heatmap levels reviewed after the flagged regions
-
-
-def simulate_annotator(pred: np.ndarray, truth: np.ndarray, heatmap: np.ndarray, regions: list[dict],
-                       threshold: float, target: float, num_classes: int) -> tuple[np.ndarray, ReviewResult]:
-    """Fix flagged regions in rank order, then (if needed) the next-least-confident voxels, level by
-    level, until ``target`` Dice. Returns the corrected label and the counts."""
-    fixed = pred.copy()
-    before = dice(pred, truth, num_classes)
-    seen = np.zeros(pred.shape, bool)
-    to_target, used = (0 if before >= target else None), 0
-    curve = [(0, before)]
-
-    def review(mask: np.ndarray) -> bool:
-        nonlocal to_target
-        new = mask & ~seen
-        fixed[new] = truth[new]
-        seen[new] = True
-        d = dice(fixed, truth, num_classes)
-        curve.append((int(seen.sum()), d))
-        if d >= target:
-            to_target = int(seen.sum())
-        return to_target is not None
-
-    for mask in region_masks(heatmap, regions, threshold):
-        if to_target is not None:
-            break
-        used += 1
-        review(mask)
-    regions_dice, regions_touched = dice(fixed, truth, num_classes), int(seen.sum())
-    for level in WIDEN:
-        if to_target is not None:
-            break
-        if level > threshold:
-            review(heatmap < level)
-    res = ReviewResult("", before, dice(fixed, truth, num_classes), used, len(regions), int(seen.sum()),
-                       to_target, full_review_voxels(pred, truth), curve, regions_dice, regions_touched)
-    return fixed, res
 
 
 class _Say:
@@ -164,13 +84,11 @@ def _free_port() -> int:
 
 
 def _start_server(project: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
-    from SynergyPLLib.client import SynergyPLClient
-
     env = dict(os.environ)
     if threads:
         env["SYNERGYPL_THREADS"] = str(threads)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "SynergyPLLib.service", "serve", "--project", str(project),
+        proc = subprocess.Popen([sys.executable, "-m", SERVICE_MODULE, "serve", "--project", str(project),
                                  "--port", str(port), "--log-level", "warning"], stdout=fh, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     probe = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=2)
@@ -210,8 +128,6 @@ def _predict_all(c, case_ids: list[str]) -> None:
 
 
 def _pred_arrays(c, cid: str, tmp: Path):
-    from SynergyPLLib.engine.io import read_volume
-
     arrays = {}
     for kind in ("label", "heatmap", "regions"):
         p = c.download_prediction(cid, kind, tmp / f"{cid}-{kind}.nrrd")
@@ -220,11 +136,6 @@ def _pred_arrays(c, cid: str, tmp: Path):
 
 
 def run_demo(opts: DemoOptions) -> int:
-    from SynergyPLLib.client import SynergyPLClient
-    from SynergyPLLib.engine.io import read_volume, write_volume
-
-    from .project_init import init_project
-
     say = _Say(opts.quiet)
     data = Path(opts.data or default_data())
     meta = json.loads((data / "dataset.json").read_text())
@@ -282,7 +193,7 @@ def run_demo(opts: DemoOptions) -> int:
             out = {}
             for img, lbl in held:
                 arrays, _ = _pred_arrays(c, cid[img], tmp)
-                out[cid[img]] = dice(arrays["label"], read_volume(lbl, allow_constant=True).array, num_classes)
+                out[cid[img]] = mean_dice(arrays["label"], read_volume(lbl, allow_constant=True).array, num_classes)
                 c.delete_case(cid[img])
             return out
 
@@ -333,8 +244,6 @@ def run_demo(opts: DemoOptions) -> int:
     summary = summarize(before, after, reviews, opts, m1, m2, pred_seconds, total_seconds)
     print_summary(summary)
     if opts.out:
-        from .demo_report import write_report
-
         write_report(Path(opts.out), summary, reviews, figure_case, names)
         say(f"wrote {Path(opts.out) / 'report.md'}")
     return 0
