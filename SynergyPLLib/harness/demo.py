@@ -135,12 +135,26 @@ def _pred_arrays(c, cid: str, tmp: Path):
     return arrays, c.prediction(cid)
 
 
-def run_demo(opts: DemoOptions) -> int:
-    say = _Say(opts.quiet)
-    data = Path(opts.data or default_data())
+@dataclass
+class _Cases:
+    """The demo's cases: ``labeled`` and ``pool`` go into the project, ``held`` only while scored."""
+
+    title: str
+    names: list[str]  # foreground class names
+    labeled: list[tuple[Path, Path]]  # (image, label)
+    pool: list[tuple[Path, Path]]
+    held: list[tuple[Path, Path]]
+    cid: dict[Path, str]  # image -> case id
+    truth: dict[str, Path]  # case id -> label
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names) + 1
+
+
+def _choose_cases(opts: DemoOptions, data: Path) -> _Cases:
     meta = json.loads((data / "dataset.json").read_text())
     names = [meta["labels"][k] for k in sorted(meta["labels"], key=int) if int(k) != 0]
-    num_classes = len(names) + 1
     pairs = sorted(((data / e["image"]).resolve(), (data / e["label"]).resolve()) for e in meta["training"])
     need = opts.labeled + opts.pool + opts.evaluate
     if len(pairs) < need:
@@ -149,87 +163,107 @@ def run_demo(opts: DemoOptions) -> int:
         raise ValueError("--review cannot exceed --pool")
     order = np.random.default_rng(opts.seed).permutation(len(pairs))
     chosen = [pairs[i] for i in order[:need]]
-    lab, pool, held = chosen[:opts.labeled], chosen[opts.labeled:opts.labeled + opts.pool], chosen[opts.labeled + opts.pool:]
     cid = {img: img.name.split(".")[0] for img, _ in chosen}
-    truth = {cid[img]: lbl for img, lbl in chosen}
+    return _Cases(f"{meta.get('name', data.name)} demo", names, chosen[:opts.labeled],
+                  chosen[opts.labeled:opts.labeled + opts.pool], chosen[opts.labeled + opts.pool:], cid,
+                  {cid[img]: lbl for img, lbl in chosen})
 
+
+def _held_dice(c, cases: _Cases, tmp: Path) -> dict[str, float]:
+    """Upload the held-out cases, predict them, score them, and take them out again."""
+    for img, _ in cases.held:
+        c.upload_case(img)
+    _predict_all(c, [cases.cid[img] for img, _ in cases.held])
+    out = {}
+    for img, lbl in cases.held:
+        arrays, _ = _pred_arrays(c, cases.cid[img], tmp)
+        out[cases.cid[img]] = mean_dice(arrays["label"], read_volume(lbl, allow_constant=True).array,
+                                        cases.num_classes)
+        c.delete_case(cases.cid[img])
+    return out
+
+
+def _review(c, cases: _Cases, opts: DemoOptions, project: Path, tmp: Path, say):
+    """The simulated annotator on ``opts.review`` cases in the order of GET /api/next-case; each result
+    is submitted as a confirmed label. Returns the review results and the first case for the figure."""
+    reviews: list[ReviewResult] = []
+    figure_case = None
+    for _ in range(opts.review):
+        nxt = c.next_case(predict=False)
+        if nxt["case"]["prediction"] is None:
+            break
+        case_id = nxt["case"]["id"]
+        arrays, pred_doc = _pred_arrays(c, case_id, tmp)
+        gt = read_volume(cases.truth[case_id], allow_constant=True).array
+        fixed, res = simulate_annotator(arrays["label"], gt, arrays["heatmap"], pred_doc["regions"],
+                                        pred_doc["flag_threshold"], opts.target_dice, cases.num_classes)
+        res.case_id = case_id
+        reviews.append(res)
+        image = read_volume(project / "cases" / case_id / "image.nrrd")
+        path = write_volume(image.with_array(fixed.astype(np.uint8)), tmp / f"{case_id}-fixed.nrrd")
+        c.submit_label(case_id, path, author="simulated-annotator", parent_version=0,
+                       model_version=pred_doc["model_version"])
+        if figure_case is None:
+            figure_case = (case_id, image.array, arrays, gt, pred_doc)
+        say(f"annotator on {case_id} (disagreement {pred_doc['disagreement']:.0f}): Dice {res.dice_before:.3f}"
+            f" -> {res.dice_regions_only:.3f} after {res.regions_fixed} flagged region(s) -> {res.dice_after:.3f}; "
+            f"touched {res.touched} voxels (full review: {res.full_review})")
+    return reviews, figure_case
+
+
+def _loop(c, cases: _Cases, opts: DemoOptions, project: Path, tmp: Path, say) -> dict:
+    """Upload, round 1, predictions, held-out Dice, the annotator, round 2, held-out Dice again."""
+    for img, lbl in cases.labeled:
+        c.upload_case(img)
+        c.submit_label(cases.cid[img], lbl, author="expert", parent_version=0)
+    for img, _ in cases.pool:
+        c.upload_case(img)
+    say(f"uploaded {len(cases.labeled) + len(cases.pool)} cases; device: {c.info()['device']}")
+
+    r1 = _train(c, say, opts.iterations, "round 1")
+    m1 = r1["result"]["metrics"]
+    say(f"round 1 done: model v{r1['model_version']}, validation Dice {m1['val_dice']:.3f} "
+        f"in {m1['train_seconds']:.0f}s")
+
+    t = time.monotonic()
+    queued = c.next_case(predict=True)["queued_predictions"]  # predicts every waiting case
+    for j in queued:
+        c.wait_job(j, timeout=600)
+    pred_seconds = (time.monotonic() - t) / max(1, len(queued))
+    say(f"predicted {len(queued)} cases with heatmaps ({pred_seconds:.2f}s per case through the API)")
+
+    before = _held_dice(c, cases, tmp)
+    say(f"held-out Dice with model v1: {np.mean(list(before.values())):.3f}")
+    reviews, figure_case = _review(c, cases, opts, project, tmp, say)
+
+    # round 2 (the held-out cases are not in the project meanwhile)
+    r2 = _train(c, say, opts.round_iterations, "round 2")
+    m2 = r2["result"]["metrics"]
+    say(f"round 2 done: model v{r2['model_version']}, validation Dice {m2['val_dice']:.3f}")
+    after = _held_dice(c, cases, tmp)
+    say(f"held-out Dice with model v2: {np.mean(list(after.values())):.3f}")
+    return {"before": before, "after": after, "reviews": reviews, "figure_case": figure_case, "m1": m1, "m2": m2,
+            "pred_seconds": pred_seconds}
+
+
+def run_demo(opts: DemoOptions) -> int:
+    say = _Say(opts.quiet)
+    data = Path(opts.data or default_data())
+    cases = _choose_cases(opts, data)
     work = Path(opts.keep) if opts.keep else Path(tempfile.mkdtemp(prefix="synergypl-demo-"))
     project = work / "project"
     tmp = work / "downloads"
     tmp.mkdir(parents=True, exist_ok=True)
-    init_project(project, None, classes=names, name=f"{meta.get('name', data.name)} demo", quiet=True).close()
+    init_project(project, None, classes=cases.names, name=cases.title, quiet=True).close()
     port = opts.port or _free_port()
-    say(f"project {project}; service on 127.0.0.1:{port}; {len(lab)} labeled, {len(pool)} unlabeled, "
-        f"{len(held)} held-out cases from {data}")
+    say(f"project {project}; service on 127.0.0.1:{port}; {len(cases.labeled)} labeled, {len(cases.pool)} "
+        f"unlabeled, {len(cases.held)} held-out cases from {data}")
     proc = _start_server(project, port, opts.threads, work / "server.log")
     t_start = time.monotonic()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     try:
         c = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=120, project=project)  # its token file
-        for img, lbl in lab:
-            c.upload_case(img)
-            c.submit_label(cid[img], lbl, author="expert", parent_version=0)
-        for img, _ in pool:
-            c.upload_case(img)
-        say(f"uploaded {len(lab) + len(pool)} cases; device: {c.info()['device']}")
-
-        r1 = _train(c, say, opts.iterations, "round 1")
-        m1 = r1["result"]["metrics"]
-        say(f"round 1 done: model v{r1['model_version']}, validation Dice {m1['val_dice']:.3f} "
-            f"in {m1['train_seconds']:.0f}s")
-
-        t = time.monotonic()
-        queued = c.next_case(predict=True)["queued_predictions"]  # predicts every waiting case
-        for j in queued:
-            c.wait_job(j, timeout=600)
-        pred_seconds = (time.monotonic() - t) / max(1, len(queued))
-        say(f"predicted {len(queued)} cases with heatmaps ({pred_seconds:.2f}s per case through the API)")
-
-        def held_dice() -> dict[str, float]:
-            """Upload the held-out cases, predict them, score them, and take them out again."""
-            for img, _ in held:
-                c.upload_case(img)
-            _predict_all(c, [cid[img] for img, _ in held])
-            out = {}
-            for img, lbl in held:
-                arrays, _ = _pred_arrays(c, cid[img], tmp)
-                out[cid[img]] = mean_dice(arrays["label"], read_volume(lbl, allow_constant=True).array, num_classes)
-                c.delete_case(cid[img])
-            return out
-
-        before = held_dice()
-        say(f"held-out Dice with model v1: {np.mean(list(before.values())):.3f}")
-
-        # ---- simulated annotator, in the order of GET /api/next-case --------------------------------
-        reviews: list[ReviewResult] = []
-        figure_case = None
-        for _ in range(opts.review):
-            nxt = c.next_case(predict=False)
-            if nxt["case"]["prediction"] is None:
-                break
-            case_id = nxt["case"]["id"]
-            arrays, pred_doc = _pred_arrays(c, case_id, tmp)
-            gt = read_volume(truth[case_id], allow_constant=True).array
-            fixed, res = simulate_annotator(arrays["label"], gt, arrays["heatmap"], pred_doc["regions"],
-                                            pred_doc["flag_threshold"], opts.target_dice, num_classes)
-            res.case_id = case_id
-            reviews.append(res)
-            image = read_volume(project / "cases" / case_id / "image.nrrd")
-            path = write_volume(image.with_array(fixed.astype(np.uint8)), tmp / f"{case_id}-fixed.nrrd")
-            c.submit_label(case_id, path, author="simulated-annotator", parent_version=0,
-                           model_version=pred_doc["model_version"])
-            if figure_case is None:
-                figure_case = (case_id, image.array, arrays, gt, pred_doc)
-            say(f"annotator on {case_id} (disagreement {pred_doc['disagreement']:.0f}): Dice {res.dice_before:.3f}"
-                f" -> {res.dice_regions_only:.3f} after {res.regions_fixed} flagged region(s) -> {res.dice_after:.3f}; "
-                f"touched {res.touched} voxels (full review: {res.full_review})")
-
-        # ---- round 2 (the held-out cases are not in the project meanwhile) ------------------------
-        r2 = _train(c, say, opts.round_iterations, "round 2")
-        m2 = r2["result"]["metrics"]
-        say(f"round 2 done: model v{r2['model_version']}, validation Dice {m2['val_dice']:.3f}")
-        after = held_dice()
-        say(f"held-out Dice with model v2: {np.mean(list(after.values())):.3f}")
+        r = _loop(c, cases, opts, project, tmp, say)
         total_seconds = time.monotonic() - t_start
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -241,10 +275,11 @@ def run_demo(opts: DemoOptions) -> int:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    summary = summarize(before, after, reviews, opts, m1, m2, pred_seconds, total_seconds)
+    summary = summarize(r["before"], r["after"], r["reviews"], opts, r["m1"], r["m2"], r["pred_seconds"],
+                        total_seconds)
     print_summary(summary)
     if opts.out:
-        write_report(Path(opts.out), summary, reviews, figure_case, names)
+        write_report(Path(opts.out), summary, r["reviews"], r["figure_case"], cases.names)
         say(f"wrote {Path(opts.out) / 'report.md'}")
     return 0
 
