@@ -14,6 +14,6 @@ Modules, one job each:
 - ``outputs`` / ``overlay``: what ``synergypl infer`` writes next to each input, and its PNG overlay.
 - ``sliding_window``: the sliding-window predictor shared by training and inference.
 
-Imports ``SynergyPLLib.common`` only (never service, client or harness); the benchmark and the latency
-measurement are harnesses (``SynergyPLLib.harness``).
+Imports ``SynergyPLLib.common`` only (never the service, the client or the harnesses); the benchmark
+and the latency measurement live with the harnesses, beside the demo.
 """

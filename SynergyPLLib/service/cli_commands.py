@@ -1,4 +1,4 @@
-"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token`` (``demo`` is a harness: cli.py).
+"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token`` (``demo`` lives in cli.py).
 
 ``add_parsers(subparsers)`` is called by :mod:`SynergyPLLib.cli`; each parser sets ``func`` to a
 function taking the parsed arguments and returning an exit code. Heavy imports happen inside them.
