@@ -1,4 +1,5 @@
-"""The ``synergypl`` command: train, infer, bench, bench-latency (engine) and init, serve, demo (service)."""
+"""The ``synergypl`` command: train, infer (engine); init, serve, token (service); bench, bench-latency, demo
+(harnesses; this file is the only importer of SynergyPLLib.harness)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def cmd_infer(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .engine.bench import run_bench
+    from .harness.bench import run_bench
 
     results = run_bench(args.data, args.labeled, args.methods.split(","), [int(s) for s in args.seeds.split(",")],
                         args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
@@ -105,12 +106,42 @@ def cmd_bench(args) -> int:
 
 
 def cmd_bench_latency(args) -> int:
-    from .engine.latency import run_latency
+    from .harness.latency import run_latency
 
     out = run_latency(tuple(args.shape), args.out, data=args.data, repeats=args.repeats,
                       round_iterations=args.round_iterations)
     print(json.dumps(out, indent=2))
     return 0
+
+
+def cmd_demo(args) -> int:
+    from .harness.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(data=Path(args.data) if args.data else None, out=Path(args.out) if args.out else None,
+                       iterations=args.iterations, round_iterations=args.round_iterations, labeled=args.labeled,
+                       pool=args.pool, review=args.review,
+                       evaluate=args.evaluate, target_dice=args.target_dice, port=args.port, seed=args.seed,
+                       keep=Path(args.keep) if args.keep else None, threads=args.threads)
+    return run_demo(opts)
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="headless demo of the full labeling loop through the API")
+    d.add_argument("--data", default=None, help="Decathlon folder (default: ../shared/data/hippocampus)")
+    d.add_argument("--out", default=None, help="write report.md and PNGs here (e.g. docs/demo)")
+    d.add_argument("--iterations", type=int, default=200, help="iterations of the first round (from scratch)")
+    d.add_argument("--round-iterations", type=int, default=100,
+                   help="iterations of the second round (fine-tuning the first model)")
+    d.add_argument("--labeled", type=int, default=4, help="labeled cases for the first round")
+    d.add_argument("--pool", type=int, default=12, help="unlabeled cases in the project")
+    d.add_argument("--review", type=int, default=4, help="cases the simulated annotator corrects")
+    d.add_argument("--evaluate", type=int, default=6, help="held-out cases for Dice before/after")
+    d.add_argument("--target-dice", type=float, default=0.90)
+    d.add_argument("--port", type=int, default=0, help="0: a free port")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: default)")
+    d.add_argument("--keep", default=None, help="keep the demo project in this folder")
+    d.set_defaults(func=cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_parsers(sub)
+        add_demo_parser(sub)  # the demo runs the service: only where the service extra is installed
     return p
 
 

@@ -11,5 +11,9 @@ Modules, one job each:
 - ``trainer``: supervised / Mean Teacher / SGRS / SynergyPL training with EMA teacher.
 - ``inference``: sliding-window prediction, confidence heatmap, region map, flagged regions.
 - ``metrics`` / ``uncertainty``: Dice, HD95, ASD, ECE; error-detection baselines.
-- ``bench``: the benchmark of ../shared/BENCHMARK.md.
+- ``outputs`` / ``overlay``: what ``synergypl infer`` writes next to each input, and its PNG overlay.
+- ``sliding_window``: the sliding-window predictor shared by training and inference.
+
+Imports ``SynergyPLLib.common`` only (never the service, the client or the harnesses); the benchmark
+and the latency measurement live with the harnesses, beside the demo.
 """

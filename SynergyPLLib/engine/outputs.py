@@ -33,11 +33,6 @@ def _split(path: Path) -> tuple[str, str, str]:
     return name, *_DICOM
 
 
-def output_suffix(input_path: Path) -> str:
-    """The volume suffix of the outputs for ``input_path``: its own format, NRRD for a DICOM folder."""
-    return _split(Path(input_path))[2]
-
-
 def output_stems(inputs: list[Path], out_dir: Path | None) -> list[str]:
     """One output name stem per input, unique among the inputs that write into the same folder.
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.utils import set_determinism
 
+from ..common.metrics import dice_per_class
 from . import distributed
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
@@ -99,16 +100,6 @@ def build_optimizer(net: torch.nn.Module, tc) -> torch.optim.Optimizer:
     if tc.optimizer == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     raise ValueError(f"unknown optimizer {tc.optimizer!r}; choose sgd or adamw")
-
-
-def dice_per_class(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> list[float]:
-    """Dice of each foreground class (1 when both are empty)."""
-    out = []
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        denom = p.sum() + t.sum()
-        out.append(1.0 if denom == 0 else float(2 * (p & t).sum() / denom))
-    return out
 
 
 class Trainer:
@@ -207,48 +198,10 @@ class Trainer:
         xl, yl = xl.to(self.device), yl.to(self.device)
         w = gaussian_rampup(self.iteration, tc.iterations, tc.rampup_fraction) * tc.unlabeled_weight
         losses: dict[str, float] = {}
-
         if self.method in ("supervised", "full"):
-            logits_l = self.train_net(xl)
-            loss = self.supervised_loss(logits_l, yl)
+            loss = self.supervised_loss(self.train_net(xl), yl)
         else:
-            xu, _ = self.unlabeled.sample(tc.batch_unlabeled)
-            xu = xu.to(self.device)
-            bl, bu = xl.shape[0], xu.shape[0]
-            if self.method == "mean_teacher":
-                logits = self.train_net(torch.cat([xl, self._noisy(xu)]))
-                with torch.no_grad():
-                    t_probs = torch.softmax(self.teacher_net(self._noisy(xu)), 1)
-                logits_l = logits[:bl]
-                consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
-                loss_u = tc.consistency_weight * consistency
-                losses["consistency"] = float(consistency.detach())
-            else:
-                with torch.no_grad():
-                    pseudo = self.teacher_net(self._noisy(xu)).argmax(1)
-                lam = mix_lambda(bu, tc.mix_beta, self.gen).to(self.device)
-                x_mix = mix_images(xu, xl, lam)
-                logits = self.train_net(torch.cat([xl, xu, x_mix]))
-                logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
-                with torch.no_grad():
-                    regions = synergy_regions(torch.softmax(logits_u / self.temperature, 1),
-                                              torch.softmax(logits_m / self.temperature, 1),
-                                              tc.confidence_mode, self.bar, self.class_scale)
-                    self.region_share = torch.bincount(regions.flatten().cpu(), minlength=4).float() / regions.numel()
-                rows = self._smoothing_rows()
-                lu, parts_u = self.regional(logits_u, pseudo, regions, rows)
-                lm, parts_m = self.regional(logits_m, pseudo, regions, rows)
-                loss_u = 0.5 * (0.5 * (lu + lm))
-                for k in parts_u:
-                    losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
-            if self.use_similarity and self.features.features is not None:
-                self.prototypes.update(self.features.features[:bl], yl)
-                self.dist.sync_prototypes(self.prototypes)  # DDP hook: the same prototypes on every rank
-            loss_l = self.supervised_loss(logits_l, yl)
-            losses["supervised"] = float(loss_l.detach())
-            losses["unlabeled"] = float(loss_u.detach())
-            loss = loss_l + w * loss_u
-
+            loss = self._semi_supervised_loss(xl, yl, w, losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # AMP hook: a no-op scaler unless amp on CUDA
         self.scaler.step(self.optimizer)
@@ -259,6 +212,57 @@ class Trainer:
         losses["total"] = float(loss.detach())
         losses["weight"] = w
         return losses
+
+    def _semi_supervised_loss(self, xl: torch.Tensor, yl: torch.Tensor, w: float,
+                              losses: dict[str, float]) -> torch.Tensor:
+        """Labeled loss + ``w`` * the method's unlabeled loss on a fresh unlabeled batch (fills ``losses``)."""
+        xu, _ = self.unlabeled.sample(self.tc.batch_unlabeled)
+        xu = xu.to(self.device)
+        if self.method == "mean_teacher":
+            logits_l, loss_u = self._mean_teacher_loss(xl, xu, losses)
+        else:
+            logits_l, loss_u = self._synergy_loss(xl, xu, losses)
+        if self.use_similarity and self.features.features is not None:
+            self.prototypes.update(self.features.features[:xl.shape[0]], yl)
+            self.dist.sync_prototypes(self.prototypes)  # DDP hook: the same prototypes on every rank
+        loss_l = self.supervised_loss(logits_l, yl)
+        losses["supervised"] = float(loss_l.detach())
+        losses["unlabeled"] = float(loss_u.detach())
+        return loss_l + w * loss_u
+
+    def _mean_teacher_loss(self, xl: torch.Tensor, xu: torch.Tensor,
+                           losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labeled logits, weighted MSE between student and teacher softmax on noisy unlabeled images)."""
+        bl = xl.shape[0]
+        logits = self.train_net(torch.cat([xl, self._noisy(xu)]))
+        with torch.no_grad():
+            t_probs = torch.softmax(self.teacher_net(self._noisy(xu)), 1)
+        consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
+        losses["consistency"] = float(consistency.detach())
+        return logits[:bl], self.tc.consistency_weight * consistency
+
+    def _synergy_loss(self, xl: torch.Tensor, xu: torch.Tensor,
+                      losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labeled logits, regional loss on the unlabeled and mixed images against the teacher's pseudo labels)."""
+        tc = self.tc
+        bl, bu = xl.shape[0], xu.shape[0]
+        with torch.no_grad():
+            pseudo = self.teacher_net(self._noisy(xu)).argmax(1)
+        lam = mix_lambda(bu, tc.mix_beta, self.gen).to(self.device)
+        x_mix = mix_images(xu, xl, lam)
+        logits = self.train_net(torch.cat([xl, xu, x_mix]))
+        logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
+        with torch.no_grad():
+            regions = synergy_regions(torch.softmax(logits_u / self.temperature, 1),
+                                      torch.softmax(logits_m / self.temperature, 1),
+                                      tc.confidence_mode, self.bar, self.class_scale)
+            self.region_share = torch.bincount(regions.flatten().cpu(), minlength=4).float() / regions.numel()
+        rows = self._smoothing_rows()
+        lu, parts_u = self.regional(logits_u, pseudo, regions, rows)
+        lm, parts_m = self.regional(logits_m, pseudo, regions, rows)
+        for k in parts_u:
+            losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
+        return logits_l, 0.5 * (0.5 * (lu + lm))
 
     # --- validation, calibration, checkpoints -------------------------------------------------
     @torch.no_grad()
@@ -356,7 +360,6 @@ class Trainer:
         if resume:
             self.load_state()
         start, start_it = time.perf_counter(), self.iteration
-        cancelled = False
 
         def emit(phase, losses, val=None):
             if on_progress is None or not self.dist.is_main:  # DDP hook: progress once, from rank 0
@@ -367,12 +370,26 @@ class Trainer:
                                       self.best_dice if self.best_dice >= 0 else None,
                                       rate * (tc.iterations - self.iteration), phase))
 
+        cancelled = self._train_loop(emit, should_stop)
+        self.save_state()
+        if not self.dist.is_main:  # DDP hook: rank 0 calibrates and writes model.pt; the others get its result
+            return self.dist.finish(self)
+        if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
+            self._validate_and_keep_best()
+        applied, before, after = self._finish_selected_model(emit)
+        seconds = time.perf_counter() - start
+        emit("cancelled" if cancelled else "done", {})
+        result = TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
+                             seconds, applied, before, after, cancelled, self.history)
+        return self.dist.finish(self, result)  # DDP hook: the same result on every rank
+
+    def _train_loop(self, emit: Callable, should_stop: Callable[[], bool] | None) -> bool:
+        """Steps until ``iterations`` (validating, checkpointing); returns True when ``should_stop`` cancelled it."""
+        tc = self.tc
         while self.iteration < tc.iterations:
             if self.dist.should_stop(should_stop):  # DDP hook: rank 0's answer, broadcast
-                cancelled = True
-                break
+                return True
             losses = self.dist.after_step(self, self.step())  # DDP hook: losses averaged over the ranks
-            val = None
             if self.iteration % tc.val_every == 0 or self.iteration == tc.iterations:
                 val = self.dist.validate(self)  # DDP hook: on rank 0, decision broadcast
                 self.history.append({"iteration": self.iteration, "val_dice": val, **losses,
@@ -382,25 +399,22 @@ class Trainer:
                 emit("train", losses)
             if self.iteration % tc.checkpoint_every == 0:
                 self.save_state()
-        self.save_state()
-        if not self.dist.is_main:  # DDP hook: rank 0 calibrates and writes model.pt; the others get its result
-            return self.dist.finish(self)
-        if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
-            self._validate_and_keep_best()
+        return False
 
-        # Calibrate the selected model on the validation split (reported for every method; applied
-        # to the model only when the method calibrates).
+    def _finish_selected_model(self, emit: Callable) -> tuple[float, float, float]:
+        """Calibrate the selected model (model.pt) on the validation split and choose its heatmap mixing
+        weight there; rewrites model.pt. The temperature is reported for every method and applied only
+        when the method calibrates. Returns (applied temperature, ECE before, ECE after)."""
         ckpt = load_checkpoint(self.out_dir / "model.pt")
         live = copy.deepcopy(self.teacher.state_dict())
         self.teacher.load_state_dict(ckpt["state_dict"])
         emit("calibrate", {})
         t, before, after = self.calibrate()
-        applied = t if (self.method == "synergypl" and tc.soft.calibration) else 1.0
+        applied = t if (self.method == "synergypl" and self.tc.soft.calibration) else 1.0
         ckpt["temperature"] = applied
         ckpt["metrics"].update({"val_dice": self.best_dice, "best_iteration": self.best_iteration,
                                 "ece_before": before, "ece_after": after if applied != 1.0 else before,
                                 "fitted_temperature": t})
-        # The heatmap's mixing weight, chosen like the temperature: on the validation split.
         net, cfg = network_from_checkpoint(ckpt)
         lam, aurocs = choose_mix_lambda(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
                                         self.validation)
@@ -408,11 +422,7 @@ class Trainer:
         ckpt["metrics"]["heatmap_val_auroc"] = {str(k): v for k, v in aurocs.items()}
         atomic_torch_save(ckpt, self.out_dir / "model.pt")
         self.teacher.load_state_dict(live)
-        seconds = time.perf_counter() - start
-        emit("cancelled" if cancelled else "done", {})
-        result = TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
-                             seconds, applied, before, ckpt["metrics"]["ece_after"], cancelled, self.history)
-        return self.dist.finish(self, result)  # DDP hook: the same result on every rank
+        return applied, before, ckpt["metrics"]["ece_after"]
 
 
 def amp_forward(net: torch.nn.Module, device: torch.device, enabled: bool):
@@ -428,7 +438,6 @@ def amp_forward(net: torch.nn.Module, device: torch.device, enabled: bool):
         return out.float()
 
     return forward
-
 
 def train(config: EngineConfig, labeled: list[CaseSpec], unlabeled: list[CaseSpec], validation: list[CaseSpec],
           out_dir: str | Path, *, init_checkpoint: str | Path | None = None, resume: bool = False,

@@ -20,7 +20,6 @@ probabilities (1, C, I, J, K), e.g. a sliding-window predictor. Arrays come back
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -29,6 +28,8 @@ import torch
 from monai.data import MetaTensor
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
+
+from ..common.metrics import normalized_entropy
 
 RECALL_PERCENT = 5  # error_recall_at_5pct looks at the ceil(5 % of N) least confident voxels
 
@@ -158,11 +159,10 @@ def entropy_confidence(probs: np.ndarray | torch.Tensor) -> np.ndarray:
     Out: float32 array shaped ``probs.shape[1:]``; ``1 - H(p) / log(C)`` in [0, 1]: 1 for one-hot,
     0 for uniform.
     """
-    p = torch.as_tensor(_to_numpy(probs), dtype=torch.float64)
+    p = _to_numpy(probs)
     if p.ndim < 1 or p.shape[0] < 2:
         raise ValueError(f"probs must be (C, ...) with at least 2 classes, got shape {tuple(p.shape)}")
-    h = torch.special.entr(p.clamp(0.0, 1.0)).sum(dim=0) / math.log(p.shape[0])
-    return (1.0 - h).clamp(0.0, 1.0).numpy().astype(np.float32)
+    return np.clip(1.0 - normalized_entropy(p, axis=0), 0.0, 1.0).astype(np.float32)
 
 
 def mc_dropout_confidence(

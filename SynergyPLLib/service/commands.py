@@ -1,4 +1,4 @@
-"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token``, ``demo``.
+"""The service's subcommands of ``synergypl``: ``init``, ``serve``, ``token`` (``demo`` lives in cli.py).
 
 ``add_parsers(subparsers)`` is called by :mod:`SynergyPLLib.cli`; each parser sets ``func`` to a
 function taking the parsed arguments and returning an exit code. Heavy imports happen inside them.
@@ -97,16 +97,6 @@ def cmd_token(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from .demo import DemoOptions, run_demo
-
-    opts = DemoOptions(data=Path(args.data) if args.data else None, out=Path(args.out) if args.out else None,
-                       iterations=args.iterations, round_iterations=args.round_iterations, labeled=args.labeled, pool=args.pool, review=args.review,
-                       evaluate=args.evaluate, target_dice=args.target_dice, port=args.port, seed=args.seed,
-                       keep=Path(args.keep) if args.keep else None, threads=args.threads)
-    return run_demo(opts)
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     i = sub.add_parser("init", help="create a project from a Decathlon folder or a folder of images")
     i.add_argument("--project", required=True, help="new project folder")
@@ -154,20 +144,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--project", required=True)
     t.add_argument("--new", action="store_true", help="replace it with a new token (restart the server to use it)")
     t.set_defaults(func=cmd_token)
-
-    d = sub.add_parser("demo", help="headless demo of the full labeling loop through the API")
-    d.add_argument("--data", default=None, help="Decathlon folder (default: ../shared/data/hippocampus)")
-    d.add_argument("--out", default=None, help="write report.md and PNGs here (e.g. docs/demo)")
-    d.add_argument("--iterations", type=int, default=200, help="iterations of the first round (from scratch)")
-    d.add_argument("--round-iterations", type=int, default=100,
-                   help="iterations of the second round (fine-tuning the first model)")
-    d.add_argument("--labeled", type=int, default=4, help="labeled cases for the first round")
-    d.add_argument("--pool", type=int, default=12, help="unlabeled cases in the project")
-    d.add_argument("--review", type=int, default=4, help="cases the simulated annotator corrects")
-    d.add_argument("--evaluate", type=int, default=6, help="held-out cases for Dice before/after")
-    d.add_argument("--target-dice", type=float, default=0.90)
-    d.add_argument("--port", type=int, default=0, help="0: a free port")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: default)")
-    d.add_argument("--keep", default=None, help="keep the demo project in this folder")
-    d.set_defaults(func=cmd_demo)

@@ -4,7 +4,7 @@
    cases with their labels, a ``pool`` of unlabeled cases, and ``evaluate`` held-out cases.
 2. Round 1 (from scratch), progress streamed over server-sent events.
 3. Predictions with heatmaps for every waiting case; Dice of the held-out cases ("before").
-4. A simulated annotator takes ``review`` cases in the order of GET /api/next-case, fixes the flagged
+4. A simulated annotator (:mod:`.annotator`) takes ``review`` cases in the order of GET /api/next-case, fixes the flagged
    regions in rank order (copies the ground truth into each region's voxels) and, if the case has not
    reached ``target_dice`` yet, goes on with the next-least-confident voxels (heatmap below 0.6, 0.7, ...
    0.99, then all), and submits the result as a confirmed label.
@@ -29,10 +29,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# The only library modules the demo uses (the service: project_init, and `python -m SERVICE_MODULE`):
+from ..client import SynergyPLClient
+from ..common.job_status import JobStatus
+from ..common.metrics import mean_dice
+from ..engine.io import read_volume, write_volume
+from ..service.domain.project_init import init_project
+from .annotator import ReviewResult, simulate_annotator
+from .demo_report import write_report
+
+SERVICE_MODULE = "SynergyPLLib.service"  # run as `python -m SERVICE_MODULE serve` for the demo's server
 
 
 @dataclass
@@ -53,99 +64,9 @@ class DemoOptions:
     quiet: bool = False
 
 
-@dataclass
-class ReviewResult:
-    case_id: str
-    dice_before: float
-    dice_after: float
-    regions_fixed: int
-    regions_total: int
-    touched: int
-    touched_to_target: int | None
-    full_review: int
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    dice_regions_only: float = 0.0  # after the flagged regions alone
-    touched_regions: int = 0  # voxels of the flagged regions fixed
-
-
 def default_data() -> Path:
     shared = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
     return shared / "data" / "hippocampus"
-
-
-def dice(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
-    """Mean Dice over the foreground classes (a class absent from both counts as 1)."""
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, truth == c
-        s = int(p.sum() + t.sum())
-        scores.append(1.0 if s == 0 else 2.0 * np.logical_and(p, t).sum() / s)
-    return float(np.mean(scores))
-
-
-def full_review_voxels(pred: np.ndarray, truth: np.ndarray) -> int:
-    fg = (pred > 0) | (truth > 0)
-    if not fg.any():
-        return 0
-    idx = np.nonzero(fg)
-    return int(np.prod([i.max() - i.min() + 1 for i in idx]))
-
-
-def region_masks(heatmap: np.ndarray, regions: list[dict], threshold: float) -> list[np.ndarray]:
-    """The voxels of each flagged region (the engine's components of heatmap < threshold)."""
-    from scipy import ndimage
-
-    comps, _ = ndimage.label(heatmap < threshold, structure=np.ones((3, 3, 3), bool))
-    boxes = ndimage.find_objects(comps)
-    by_box = {}
-    for n, box in enumerate(boxes, start=1):
-        if box is not None:
-            by_box[(tuple(s.start for s in box), tuple(s.stop - 1 for s in box))] = n
-    masks = []
-    for r in regions:
-        n = by_box.get((tuple(r["bbox_ijk"][0]), tuple(r["bbox_ijk"][1])))
-        masks.append(comps == n if n else np.zeros(heatmap.shape, bool))
-    return masks
-
-
-WIDEN = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)  # heatmap levels reviewed after the flagged regions
-
-
-def simulate_annotator(pred: np.ndarray, truth: np.ndarray, heatmap: np.ndarray, regions: list[dict],
-                       threshold: float, target: float, num_classes: int) -> tuple[np.ndarray, ReviewResult]:
-    """Fix flagged regions in rank order, then (if needed) the next-least-confident voxels, level by
-    level, until ``target`` Dice. Returns the corrected label and the counts."""
-    fixed = pred.copy()
-    before = dice(pred, truth, num_classes)
-    seen = np.zeros(pred.shape, bool)
-    to_target, used = (0 if before >= target else None), 0
-    curve = [(0, before)]
-
-    def review(mask: np.ndarray) -> bool:
-        nonlocal to_target
-        new = mask & ~seen
-        fixed[new] = truth[new]
-        seen[new] = True
-        d = dice(fixed, truth, num_classes)
-        curve.append((int(seen.sum()), d))
-        if d >= target:
-            to_target = int(seen.sum())
-        return to_target is not None
-
-    for mask in region_masks(heatmap, regions, threshold):
-        if to_target is not None:
-            break
-        used += 1
-        review(mask)
-    regions_dice, regions_touched = dice(fixed, truth, num_classes), int(seen.sum())
-    for level in WIDEN:
-        if to_target is not None:
-            break
-        if level > threshold:
-            review(heatmap < level)
-    res = ReviewResult("", before, dice(fixed, truth, num_classes), used, len(regions), int(seen.sum()),
-                       to_target, full_review_voxels(pred, truth), curve, regions_dice, regions_touched)
-    return fixed, res
 
 
 class _Say:
@@ -164,13 +85,11 @@ def _free_port() -> int:
 
 
 def _start_server(project: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
-    from SynergyPLLib.client import SynergyPLClient
-
     env = dict(os.environ)
     if threads:
         env["SYNERGYPL_THREADS"] = str(threads)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "SynergyPLLib.service", "serve", "--project", str(project),
+        proc = subprocess.Popen([sys.executable, "-m", SERVICE_MODULE, "serve", "--project", str(project),
                                  "--port", str(port), "--log-level", "warning"], stdout=fh, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     probe = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=2)
@@ -198,7 +117,7 @@ def _train(c, say, iterations: int | None, label: str) -> dict:
                 val = f", val Dice {d['best_val_dice']:.3f}" if d.get("best_val_dice") is not None else ""
                 say(f"{label}: iteration {d['iteration']}/{d['total']}{val}, eta {d.get('eta_seconds') or 0:.0f}s")
     done = c.job(job["id"])
-    if done["status"] != "done":
+    if done["status"] != JobStatus.DONE:
         raise RuntimeError(f"{label} ended {done['status']}: {done['error']}")
     return done
 
@@ -210,8 +129,6 @@ def _predict_all(c, case_ids: list[str]) -> None:
 
 
 def _pred_arrays(c, cid: str, tmp: Path):
-    from SynergyPLLib.engine.io import read_volume
-
     arrays = {}
     for kind in ("label", "heatmap", "regions"):
         p = c.download_prediction(cid, kind, tmp / f"{cid}-{kind}.nrrd")
@@ -219,17 +136,26 @@ def _pred_arrays(c, cid: str, tmp: Path):
     return arrays, c.prediction(cid)
 
 
-def run_demo(opts: DemoOptions) -> int:
-    from SynergyPLLib.client import SynergyPLClient
-    from SynergyPLLib.engine.io import read_volume, write_volume
+@dataclass
+class _Cases:
+    """The demo's cases: ``labeled`` and ``pool`` go into the project, ``held`` only while scored."""
 
-    from .domain.project_init import init_project
+    title: str
+    names: list[str]  # foreground class names
+    labeled: list[tuple[Path, Path]]  # (image, label)
+    pool: list[tuple[Path, Path]]
+    held: list[tuple[Path, Path]]
+    cid: dict[Path, str]  # image -> case id
+    truth: dict[str, Path]  # case id -> label
 
-    say = _Say(opts.quiet)
-    data = Path(opts.data or default_data())
+    @property
+    def num_classes(self) -> int:
+        return len(self.names) + 1
+
+
+def _choose_cases(opts: DemoOptions, data: Path) -> _Cases:
     meta = json.loads((data / "dataset.json").read_text())
     names = [meta["labels"][k] for k in sorted(meta["labels"], key=int) if int(k) != 0]
-    num_classes = len(names) + 1
     pairs = sorted(((data / e["image"]).resolve(), (data / e["label"]).resolve()) for e in meta["training"])
     need = opts.labeled + opts.pool + opts.evaluate
     if len(pairs) < need:
@@ -238,87 +164,107 @@ def run_demo(opts: DemoOptions) -> int:
         raise ValueError("--review cannot exceed --pool")
     order = np.random.default_rng(opts.seed).permutation(len(pairs))
     chosen = [pairs[i] for i in order[:need]]
-    lab, pool, held = chosen[:opts.labeled], chosen[opts.labeled:opts.labeled + opts.pool], chosen[opts.labeled + opts.pool:]
     cid = {img: img.name.split(".")[0] for img, _ in chosen}
-    truth = {cid[img]: lbl for img, lbl in chosen}
+    return _Cases(f"{meta.get('name', data.name)} demo", names, chosen[:opts.labeled],
+                  chosen[opts.labeled:opts.labeled + opts.pool], chosen[opts.labeled + opts.pool:], cid,
+                  {cid[img]: lbl for img, lbl in chosen})
 
+
+def _held_dice(c, cases: _Cases, tmp: Path) -> dict[str, float]:
+    """Upload the held-out cases, predict them, score them, and take them out again."""
+    for img, _ in cases.held:
+        c.upload_case(img)
+    _predict_all(c, [cases.cid[img] for img, _ in cases.held])
+    out = {}
+    for img, lbl in cases.held:
+        arrays, _ = _pred_arrays(c, cases.cid[img], tmp)
+        out[cases.cid[img]] = mean_dice(arrays["label"], read_volume(lbl, allow_constant=True).array,
+                                        cases.num_classes)
+        c.delete_case(cases.cid[img])
+    return out
+
+
+def _review(c, cases: _Cases, opts: DemoOptions, project: Path, tmp: Path, say):
+    """The simulated annotator on ``opts.review`` cases in the order of GET /api/next-case; each result
+    is submitted as a confirmed label. Returns the review results and the first case for the figure."""
+    reviews: list[ReviewResult] = []
+    figure_case = None
+    for _ in range(opts.review):
+        nxt = c.next_case(predict=False)
+        if nxt["case"]["prediction"] is None:
+            break
+        case_id = nxt["case"]["id"]
+        arrays, pred_doc = _pred_arrays(c, case_id, tmp)
+        gt = read_volume(cases.truth[case_id], allow_constant=True).array
+        fixed, res = simulate_annotator(arrays["label"], gt, arrays["heatmap"], pred_doc["regions"],
+                                        pred_doc["flag_threshold"], opts.target_dice, cases.num_classes)
+        res.case_id = case_id
+        reviews.append(res)
+        image = read_volume(project / "cases" / case_id / "image.nrrd")
+        path = write_volume(image.with_array(fixed.astype(np.uint8)), tmp / f"{case_id}-fixed.nrrd")
+        c.submit_label(case_id, path, author="simulated-annotator", parent_version=0,
+                       model_version=pred_doc["model_version"])
+        if figure_case is None:
+            figure_case = (case_id, image.array, arrays, gt, pred_doc)
+        say(f"annotator on {case_id} (disagreement {pred_doc['disagreement']:.0f}): Dice {res.dice_before:.3f}"
+            f" -> {res.dice_regions_only:.3f} after {res.regions_fixed} flagged region(s) -> {res.dice_after:.3f}; "
+            f"touched {res.touched} voxels (full review: {res.full_review})")
+    return reviews, figure_case
+
+
+def _loop(c, cases: _Cases, opts: DemoOptions, project: Path, tmp: Path, say) -> dict:
+    """Upload, round 1, predictions, held-out Dice, the annotator, round 2, held-out Dice again."""
+    for img, lbl in cases.labeled:
+        c.upload_case(img)
+        c.submit_label(cases.cid[img], lbl, author="expert", parent_version=0)
+    for img, _ in cases.pool:
+        c.upload_case(img)
+    say(f"uploaded {len(cases.labeled) + len(cases.pool)} cases; device: {c.info()['device']}")
+
+    r1 = _train(c, say, opts.iterations, "round 1")
+    m1 = r1["result"]["metrics"]
+    say(f"round 1 done: model v{r1['model_version']}, validation Dice {m1['val_dice']:.3f} "
+        f"in {m1['train_seconds']:.0f}s")
+
+    t = time.monotonic()
+    queued = c.next_case(predict=True)["queued_predictions"]  # predicts every waiting case
+    for j in queued:
+        c.wait_job(j, timeout=600)
+    pred_seconds = (time.monotonic() - t) / max(1, len(queued))
+    say(f"predicted {len(queued)} cases with heatmaps ({pred_seconds:.2f}s per case through the API)")
+
+    before = _held_dice(c, cases, tmp)
+    say(f"held-out Dice with model v1: {np.mean(list(before.values())):.3f}")
+    reviews, figure_case = _review(c, cases, opts, project, tmp, say)
+
+    # round 2 (the held-out cases are not in the project meanwhile)
+    r2 = _train(c, say, opts.round_iterations, "round 2")
+    m2 = r2["result"]["metrics"]
+    say(f"round 2 done: model v{r2['model_version']}, validation Dice {m2['val_dice']:.3f}")
+    after = _held_dice(c, cases, tmp)
+    say(f"held-out Dice with model v2: {np.mean(list(after.values())):.3f}")
+    return {"before": before, "after": after, "reviews": reviews, "figure_case": figure_case, "m1": m1, "m2": m2,
+            "pred_seconds": pred_seconds}
+
+
+def run_demo(opts: DemoOptions) -> int:
+    say = _Say(opts.quiet)
+    data = Path(opts.data or default_data())
+    cases = _choose_cases(opts, data)
     work = Path(opts.keep) if opts.keep else Path(tempfile.mkdtemp(prefix="synergypl-demo-"))
     project = work / "project"
     tmp = work / "downloads"
     tmp.mkdir(parents=True, exist_ok=True)
-    init_project(project, None, classes=names, name=f"{meta.get('name', data.name)} demo", quiet=True).close()
+    init_project(project, None, classes=cases.names, name=cases.title, quiet=True).close()
     port = opts.port or _free_port()
-    say(f"project {project}; service on 127.0.0.1:{port}; {len(lab)} labeled, {len(pool)} unlabeled, "
-        f"{len(held)} held-out cases from {data}")
+    say(f"project {project}; service on 127.0.0.1:{port}; {len(cases.labeled)} labeled, {len(cases.pool)} "
+        f"unlabeled, {len(cases.held)} held-out cases from {data}")
     proc = _start_server(project, port, opts.threads, work / "server.log")
     t_start = time.monotonic()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below
     try:
         c = SynergyPLClient(f"http://127.0.0.1:{port}", timeout=120, project=project)  # its token file
-        for img, lbl in lab:
-            c.upload_case(img)
-            c.submit_label(cid[img], lbl, author="expert", parent_version=0)
-        for img, _ in pool:
-            c.upload_case(img)
-        say(f"uploaded {len(lab) + len(pool)} cases; device: {c.info()['device']}")
-
-        r1 = _train(c, say, opts.iterations, "round 1")
-        m1 = r1["result"]["metrics"]
-        say(f"round 1 done: model v{r1['model_version']}, validation Dice {m1['val_dice']:.3f} "
-            f"in {m1['train_seconds']:.0f}s")
-
-        t = time.monotonic()
-        queued = c.next_case(predict=True)["queued_predictions"]  # predicts every waiting case
-        for j in queued:
-            c.wait_job(j, timeout=600)
-        pred_seconds = (time.monotonic() - t) / max(1, len(queued))
-        say(f"predicted {len(queued)} cases with heatmaps ({pred_seconds:.2f}s per case through the API)")
-
-        def held_dice() -> dict[str, float]:
-            """Upload the held-out cases, predict them, score them, and take them out again."""
-            for img, _ in held:
-                c.upload_case(img)
-            _predict_all(c, [cid[img] for img, _ in held])
-            out = {}
-            for img, lbl in held:
-                arrays, _ = _pred_arrays(c, cid[img], tmp)
-                out[cid[img]] = dice(arrays["label"], read_volume(lbl, allow_constant=True).array, num_classes)
-                c.delete_case(cid[img])
-            return out
-
-        before = held_dice()
-        say(f"held-out Dice with model v1: {np.mean(list(before.values())):.3f}")
-
-        # ---- simulated annotator, in the order of GET /api/next-case --------------------------------
-        reviews: list[ReviewResult] = []
-        figure_case = None
-        for _ in range(opts.review):
-            nxt = c.next_case(predict=False)
-            if nxt["case"]["prediction"] is None:
-                break
-            case_id = nxt["case"]["id"]
-            arrays, pred_doc = _pred_arrays(c, case_id, tmp)
-            gt = read_volume(truth[case_id], allow_constant=True).array
-            fixed, res = simulate_annotator(arrays["label"], gt, arrays["heatmap"], pred_doc["regions"],
-                                            pred_doc["flag_threshold"], opts.target_dice, num_classes)
-            res.case_id = case_id
-            reviews.append(res)
-            image = read_volume(project / "cases" / case_id / "image.nrrd")
-            path = write_volume(image.with_array(fixed.astype(np.uint8)), tmp / f"{case_id}-fixed.nrrd")
-            c.submit_label(case_id, path, author="simulated-annotator", parent_version=0,
-                           model_version=pred_doc["model_version"])
-            if figure_case is None:
-                figure_case = (case_id, image.array, arrays, gt, pred_doc)
-            say(f"annotator on {case_id} (disagreement {pred_doc['disagreement']:.0f}): Dice {res.dice_before:.3f}"
-                f" -> {res.dice_regions_only:.3f} after {res.regions_fixed} flagged region(s) -> {res.dice_after:.3f}; "
-                f"touched {res.touched} voxels (full review: {res.full_review})")
-
-        # ---- round 2 (the held-out cases are not in the project meanwhile) ------------------------
-        r2 = _train(c, say, opts.round_iterations, "round 2")
-        m2 = r2["result"]["metrics"]
-        say(f"round 2 done: model v{r2['model_version']}, validation Dice {m2['val_dice']:.3f}")
-        after = held_dice()
-        say(f"held-out Dice with model v2: {np.mean(list(after.values())):.3f}")
+        r = _loop(c, cases, opts, project, tmp, say)
         total_seconds = time.monotonic() - t_start
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -330,12 +276,11 @@ def run_demo(opts: DemoOptions) -> int:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    summary = summarize(before, after, reviews, opts, m1, m2, pred_seconds, total_seconds)
+    summary = summarize(r["before"], r["after"], r["reviews"], opts, r["m1"], r["m2"], r["pred_seconds"],
+                        total_seconds)
     print_summary(summary)
     if opts.out:
-        from .demo_report import write_report
-
-        write_report(Path(opts.out), summary, reviews, figure_case, names)
+        write_report(Path(opts.out), summary, r["reviews"], r["figure_case"], cases.names)
         say(f"wrote {Path(opts.out) / 'report.md'}")
     return 0
 

@@ -1,4 +1,4 @@
-"""The demo's Markdown report and PNG figures (matplotlib, no display needed).
+"""The demo's Markdown report (its PNG figures are drawn by :mod:`.figures`).
 
 In: the summary dict of :func:`.demo.summarize`, the review results and one reviewed case's arrays.
 Out: ``report.md``, ``heatmap_regions.png``, ``annotator_curve.png`` and ``summary.json`` in ``out``.
@@ -9,77 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-
-def _figure_case(path: Path, case) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    case_id, image, arrays, gt, doc = case
-    regions = doc["regions"]
-    k = int(round(regions[0]["centroid_ijk"][2])) if regions else image.shape[2] // 2
-    k = min(max(k, 0), image.shape[2] - 1)
-
-    def sl(a):
-        return np.asarray(a)[:, :, k].T  # rows = j, columns = i
-
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.8))
-    axes[0].imshow(sl(image), cmap="gray")
-    axes[0].set_title(f"{case_id}, slice k={k}")
-    axes[1].imshow(sl(image), cmap="gray")
-    axes[1].imshow(np.ma.masked_equal(sl(arrays["label"]), 0), cmap="autumn", alpha=0.5, vmin=0, vmax=2)
-    axes[1].contour(sl(gt > 0), levels=[0.5], colors="cyan", linewidths=0.8)
-    axes[1].set_title(f"prediction (v{doc['model_version']}), truth outline")
-    im = axes[2].imshow(sl(arrays["heatmap"]), cmap="magma", vmin=0, vmax=1)
-    axes[2].set_title("confidence heatmap (1 = certain)")
-    fig.colorbar(im, ax=axes[2], fraction=0.046)
-    axes[3].imshow(sl(image), cmap="gray")
-    axes[3].imshow(np.ma.masked_equal(sl(arrays["heatmap"] < doc["flag_threshold"]), 0), cmap="cool", alpha=0.6)
-    for r in regions[:10]:
-        (i0, j0, k0), (i1, j1, k1) = r["bbox_ijk"]
-        if k0 <= k <= k1:
-            axes[3].add_patch(Rectangle((i0 - 0.5, j0 - 0.5), i1 - i0 + 1, j1 - j0 + 1, fill=False, lw=1.2,
-                                        ec="yellow"))
-            axes[3].text(i0, j0 - 1, f"#{r['rank']}", color="yellow", fontsize=8)
-    axes[3].set_title("flagged regions (ranked boxes)")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _figure_curve(path: Path, reviews, target: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in reviews:
-        xs = [t / max(1, r.full_review) for t, _ in r.curve]
-        ax.plot(xs, [d for _, d in r.curve], marker="o", ms=3, label=r.case_id)
-    ax.axhline(target, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("voxels touched / voxels of a full review")
-    ax.set_ylabel("Dice of the corrected label")
-    ax.set_title("simulated annotator: flagged regions, then by heatmap level")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+from .figures import annotator_curve_figure, heatmap_regions_figure
 
 
 def write_report(out: Path, s: dict, reviews, figure_case, class_names) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if figure_case is not None:
-        _figure_case(out / "heatmap_regions.png", figure_case)
+        heatmap_regions_figure(out / "heatmap_regions.png", figure_case)
     if reviews:
-        _figure_curve(out / "annotator_curve.png", reviews, s["target_dice"])
+        annotator_curve_figure(out / "annotator_curve.png", reviews, s["target_dice"])
     (out / "summary.json").write_text(json.dumps(s, indent=1, default=float))
     o = s["options"]
     share = "n/a" if s["efficiency_share"] is None else f"{100 * s['efficiency_share']:.1f} %"

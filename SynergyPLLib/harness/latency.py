@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import profile_config
-from .data import LoadedCase, Preprocessor, load_cases, load_decathlon
-from .inference import Predictor
-from .io import Volume, read_volume
-from .model import default_device, device_name
-from .trainer import Trainer
+from ..engine.config import profile_config
+from ..engine.data import LoadedCase, Preprocessor, load_cases, load_decathlon
+from ..engine.inference import Predictor
+from ..engine.io import Volume, read_volume
+from ..engine.model import default_device, device_name
+from ..engine.trainer import Trainer
 
 
 def mirrored_volume(src: Volume, shape: tuple[int, int, int]) -> Volume:

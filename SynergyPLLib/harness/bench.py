@@ -18,19 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibration import classwise_ece, expected_calibration_error
-from .config import EngineConfig, profile_config
-from .data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_decathlon
-from .inference import Predictor
-from .io import read_volume
-from .metrics import segmentation_metrics
-from .trainer import Trainer
-from .uncertainty import (
+from ..engine.calibration import classwise_ece, expected_calibration_error
+from ..engine.config import EngineConfig, profile_config
+from ..engine.data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_decathlon
+from ..engine.inference import Predictor
+from ..engine.io import read_volume
+from ..engine.metrics import segmentation_metrics
+from ..engine.trainer import Trainer
+from ..engine.uncertainty import (
     ErrorDetectionAccumulator,
     entropy_confidence,
     mc_dropout_confidence,
     tta_flip_confidence,
 )
+from .figures import dice_figure
 
 SPLIT_SEED = 20240611
 N_TEST, N_VAL = 40, 20
@@ -261,12 +262,7 @@ def uncertainty_summary(per_seed: list[tuple[int, dict]]) -> dict:
 
 
 def write_report(results: dict, unc: dict, out: Path) -> None:
-    """report.md (tables) and dice.png (per-method Dice, one dot per seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """report.md (tables) and dice.png (per-method Dice, one dot per seed: :func:`.figures.dice_figure`)."""
     summ, classes = results["summary"], results["classes"]
     lines = [f"# SynergyPL benchmark: {results['dataset']}", "",
              f"{results['labeled']} labeled cases, profile `{results['profile']}`, {results['test_cases']} test cases, "
@@ -296,16 +292,4 @@ def write_report(results: dict, unc: dict, out: Path) -> None:
                          f"{r['ece']:.4f} | " + " | ".join(per) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    names = list(summ)
-    for i, m in enumerate(names):
-        d = [r["dice_mean"] for r in results["runs"] if r["method"] == m]
-        ax.scatter([i] * len(d), d, color="tab:blue", alpha=0.6, s=18)
-        ax.errorbar(i, np.mean(d), yerr=np.std(d), fmt="_", color="black", capsize=6, markersize=20)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("test Dice (mean over classes)")
-    ax.set_title(f"{results['dataset']}: {results['labeled']} labeled, profile {results['profile']}")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "dice.png")
-    plt.close(fig)
+    dice_figure(results, out / "dice.png")
