@@ -245,8 +245,13 @@ def setup(device: str | None = None) -> DistContext:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that destroys it while another still talks to it can
+    abort the process at exit ("terminate called without an active exception", seen on a loaded CPU)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 class ShardedPatchSampler:
