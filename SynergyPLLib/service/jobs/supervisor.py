@@ -34,20 +34,9 @@ from ..store.db import Job, now
 from ..store.files import empty_dir, remove_partials
 from ..store.orphans import remove_orphans
 from ..store.workspace import Workspace
+from .processes import pid_alive
 
 log = logging.getLogger("synergypl.jobs")
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_our_worker(pid: int, root: Path) -> bool:
@@ -109,7 +98,7 @@ class Supervisor:
         with self.ws.db.write_session() as s:
             jobs = list(s.scalars(select(Job).where(Job.status == JobStatus.RUNNING)))
             for job in jobs:
-                if job.worker_pid and _pid_alive(job.worker_pid) and _is_our_worker(job.worker_pid, self.ws.root):
+                if job.worker_pid and pid_alive(job.worker_pid) and _is_our_worker(job.worker_pid, self.ws.root):
                     os.kill(job.worker_pid, signal.SIGKILL)  # an orphan of the dead service
                 job.status = JobStatus.INTERRUPTED
                 job.error = ("the service stopped while this job was running; "
@@ -275,7 +264,7 @@ class Supervisor:
         with self.ws.db.Session() as s:
             rows = list(s.scalars(select(Job).where(Job.status == JobStatus.RUNNING)))
         for job in rows:
-            if job.worker_pid in ours or _pid_alive(job.worker_pid):
+            if job.worker_pid in ours or pid_alive(job.worker_pid):
                 continue
             if job.started_at and job.started_at > cutoff:
                 continue

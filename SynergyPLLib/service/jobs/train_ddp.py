@@ -38,6 +38,8 @@ from SynergyPLLib.engine.config import EngineConfig
 from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.trainer import ProgressEvent, TrainResult
 
+from .processes import pid_alive
+
 SPEC_NAME, STOP_NAME = "ddp-spec.json", "cancel.flag"
 PARENT_ENV = "SYNERGYPL_DDP_PARENT"  # the worker's pid, for the ranks (see _die_with_parent)
 
@@ -68,20 +70,6 @@ def _specs(specs: list[CaseSpec]) -> list[dict]:
     return [{"id": s.id, "image": str(s.image), "label": str(s.label) if s.label else None} for s in specs]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")  # a zombie has ended
-
-
 def _die_with_parent(worker: str | None = None) -> None:
     """Be killed when the parent process dies (Linux), and end now if ``worker`` (a pid) has already gone.
 
@@ -93,7 +81,7 @@ def _die_with_parent(worker: str | None = None) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
-    if worker and worker.isdigit() and not _alive(int(worker)):
+    if worker and worker.isdigit() and not pid_alive(int(worker)):
         os._exit(1)
 
 
