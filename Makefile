@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 # The code Slicer imports (the module, the client and the package file they load) must run on
 # Slicer 5.8's Python 3.9 and on 5.10+'s 3.12; the tests that need only numpy + pytest (marker
 # "portable") run there in small venvs, .venv-py3.9 and .venv-py3.12, talking to a server in .venv.
-SLICER_CODE      = SynergyPL SynergyPLLib/__init__.py SynergyPLLib/client
+SLICER_CODE      = SynergyPL SynergyPLLib/__init__.py SynergyPLLib/client SynergyPLLib/common
 SLICER_PYTHONS  ?= 3.9 3.12
 PORTABLE_TESTS   = Testing/client Testing/slicer/test_server_process.py Testing/slicer/test_regions.py
 FIND_PYTHON      = sh .ci/find_python.sh

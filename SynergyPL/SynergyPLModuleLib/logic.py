@@ -28,10 +28,12 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
 
 from . import grids, mrml, nrrdfile
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
@@ -46,7 +48,6 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     describe_error,
     training_summary,
 )
-from .regions import Region, flag_regions, keep_reviewed
 from .signals import Signal
 from .tasks import Task, TaskCancelled, TaskContext, TaskHandle, TaskRunner
 
@@ -73,6 +74,7 @@ class PredictionState:
     server_regions: list[Region]
     server_threshold: float | None
     segmentation_id: str | None = None  # where the regions and their reviewed ticks are saved
+    region_params: RegionParams = field(default_factory=RegionParams)  # the server's (its threshold too)
 
 
 class LabelingLogic:
@@ -106,8 +108,9 @@ class LabelingLogic:
         self.server: ServerInfo | None = None
         self.model_version: int | None = None
         self.threshold = 0.5
-        self.min_region_voxels = 5
-        self.max_regions = 50
+        # None: the server's (the prediction's region_params); a number overrides it
+        self.min_region_voxels: int | None = None
+        self.max_regions: int | None = None
         self.prediction: PredictionState | None = None
         self.regions: list[Region] = []
         self.regions_threshold: float | None = None  # the threshold self.regions were found with
@@ -574,7 +577,7 @@ class LabelingLogic:
         self.prediction = PredictionState(case["id"], volume_node.GetID(), label, heatmap,
                                           mrml.ijk_to_ras(volume_node), document.get("model_version"),
                                           server_regions, _float(document.get("flag_threshold")),
-                                          segmentation.GetID())
+                                          segmentation.GetID(), RegionParams.from_dict(document.get("region_params")))
         self.regions = []
         self.regions_threshold = None
         self.set_threshold(self.threshold, force=True)
@@ -594,8 +597,8 @@ class LabelingLogic:
             heatmap = mrml.array_ijk(heatmap_node).astype(np.float32)
             if heatmap.shape != label.shape:
                 return False
-            saved, saved_threshold = _saved_regions(segmentation_node, regions_json,
-                                                    self.threshold if threshold is None else float(threshold))
+            saved, saved_threshold, saved_params = _saved_regions(
+                segmentation_node, regions_json, self.threshold if threshold is None else float(threshold))
         except Exception as exc:  # any scene, any Slicer: the panel must open without the prediction
             _log.info("could not restore the prediction from the scene: %s", exc)
             return False
@@ -608,7 +611,8 @@ class LabelingLogic:
         self.prediction = PredictionState(
             segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
             mrml.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
-            [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID())
+            [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID(),
+            saved_params)
         self.regions = saved
         self.regions_threshold = saved_threshold
         self.current_region = -1
@@ -663,19 +667,26 @@ class LabelingLogic:
         state = self.prediction
         if state is None or self.is_busy("regions"):
             return  # the running task starts the next one when it ends (see done)
-        wanted = (self.threshold, self.min_region_voxels, self.max_regions)
+        wanted = self.region_params()
         names = self.class_names()
 
         def work(ctx: TaskContext) -> list[Region]:
-            return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, *wanted)
+            return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, wanted)
 
         def done(fresh: list[Region]) -> None:
-            if self.prediction is state and (self.threshold, self.min_region_voxels, self.max_regions) == wanted:
-                self._set_regions(fresh, wanted[0])
+            if self.prediction is state and self.region_params() == wanted:
+                self._set_regions(fresh, wanted.threshold)
             elif self.prediction is not None and not self._regions_are_current():
                 self.set_threshold(self.threshold, force=True)  # the slider moved, or another prediction came
 
         self._start("regions", work, done)
+
+    def region_params(self) -> RegionParams:
+        """What the regions of the current threshold are found with: the prediction's minimum size and
+        maximum count (sent by the server; ``min_region_voxels`` / ``max_regions`` override them)."""
+        params = self.prediction.region_params if self.prediction is not None else RegionParams()
+        return RegionParams.from_dict(params.to_dict(), threshold=self.threshold,
+                                      min_voxels=self.min_region_voxels, max_regions=self.max_regions)
 
     def _regions_are_current(self) -> bool:
         """The shown regions are for the current threshold (e.g. the server's arrived meanwhile)."""
@@ -695,7 +706,8 @@ class LabelingLogic:
         node = self.scene.GetNodeByID(state.segmentation_id) if state is not None and state.segmentation_id else None
         if node is not None:
             node.SetAttribute(mrml.REGIONS_ATTRIBUTE, json.dumps(
-                {"threshold": self.regions_threshold, "regions": [r.to_dict() for r in self.regions]}))
+                {"threshold": self.regions_threshold, "region_params": state.region_params.to_dict(),
+                 "regions": [r.to_dict() for r in self.regions]}))
 
     def _server_regions_fit(self, state: PredictionState) -> bool:
         """The server's voxel indices are usable only when its grid is the volume's grid."""
@@ -936,19 +948,21 @@ class LabelingLogic:
         return out
 
 
-def _saved_regions(segmentation_node, regions_json: str | None, threshold: float) -> tuple[list[Region], float | None]:
-    """The regions saved for a prediction and the threshold they are for: the segmentation's
-    ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``); ``([], None)``
-    when nothing was saved (then they are recomputed)."""
+def _saved_regions(segmentation_node, regions_json: str | None,
+                   threshold: float) -> tuple[list[Region], float | None, RegionParams]:
+    """The regions saved for a prediction, the threshold they are for and the server's region parameters:
+    the segmentation's ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``);
+    ``([], None, defaults)`` when nothing was saved (then they are recomputed)."""
     text = segmentation_node.GetAttribute(mrml.REGIONS_ATTRIBUTE)
     if text:
         saved = json.loads(text)
         found = _float(saved.get("threshold"))
-        return [Region.from_dict(entry) for entry in saved.get("regions") or []], found
+        params = RegionParams.from_dict(saved.get("region_params"))
+        return [Region.from_dict(entry) for entry in saved.get("regions") or []], found, params
     entries = json.loads(regions_json or "[]")
     if not entries:
-        return [], None
-    return [Region.from_dict(entry) for entry in entries], float(threshold)
+        return [], None, RegionParams()
+    return [Region.from_dict(entry) for entry in entries], float(threshold), RegionParams()
 
 
 def _safe_name(name: str) -> str:

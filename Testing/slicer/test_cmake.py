@@ -63,6 +63,7 @@ def test_extension_cmakelists_is_a_slicer_extension():
     assert "add_subdirectory(SynergyPL)" in text
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
     assert "SynergyPLLib/__init__.py" in text and "SynergyPLLib/client/*.py" in text
+    assert "SynergyPLLib/common/*.py" in text
     # screenshots and icon the extension advertises exist in the repository
     for relative in re.findall(r"\$\{_raw\}/([\w/.-]+\.png)", text):
         assert (REPO / relative).is_file(), relative
@@ -90,8 +91,8 @@ def test_configure_copies_module_lib_and_client_side_by_side(configured):
     scripts, resources = _module_files()
     for relative in scripts | resources:
         assert prefix + relative in destinations, relative
-    client = {p.relative_to(REPO).as_posix() for p in (REPO / "SynergyPLLib" / "client").rglob("*.py")
-              if "__pycache__" not in p.parts}
+    client = {p.relative_to(REPO).as_posix() for folder in ("client", "common")
+              for p in (REPO / "SynergyPLLib" / folder).rglob("*.py") if "__pycache__" not in p.parts}
     assert client, "SynergyPLLib/client has no files"
     for relative in client | {"SynergyPLLib/__init__.py"}:
         assert prefix + relative in destinations, relative

@@ -159,7 +159,7 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     assert got["heat"].GetDisplayNode().GetUpperThreshold() == pytest.approx(0.3)
     reference = Volume(state.heatmap, **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
     expected = flag_regions(reference, reference.with_array(state.label), logic.class_names(), threshold=0.3,
-                            min_voxels=logic.min_region_voxels, max_regions=logic.max_regions)
+                            min_voxels=logic.region_params().min_voxels, max_regions=logic.region_params().max_regions)
     assert [(r.rank, r.voxel_count, r.bbox_ijk) for r in regions] == \
         [(r.rank, r.voxel_count, r.bbox_ijk) for r in expected]
     if regions:

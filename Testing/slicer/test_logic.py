@@ -219,9 +219,9 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     heat[0:2, 0:2, 0:2] = 0.2
     heat[3, 4, 3:6] = 0.1
     heatmap = mrml.show_heatmap(heat, volume, scene=scene)
-    from SynergyPLModuleLib.regions import flag_regions
+    from SynergyPLLib.common.regions import RegionParams, flag_regions
 
-    regions = flag_regions(heat, label, mrml.ijk_to_ras(volume), ["background", "Anterior"], 0.5, min_voxels=1)
+    regions = flag_regions(heat, label, mrml.ijk_to_ras(volume), ["background", "Anterior"], RegionParams(0.5, 1))
     regions[1].reviewed = True
     saved = json.dumps([r.to_dict() for r in regions])
 
@@ -433,7 +433,7 @@ def test_closing_the_scene_forgets_the_prediction_and_drops_late_results(mrml_en
 
 
 def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env, tmp_path):
-    from SynergyPLModuleLib.regions import flag_regions
+    from SynergyPLLib.common.regions import RegionParams, flag_regions
 
     runner = GatedRunner(gated={"regions"})
     logic = _predicting_logic(mrml_env, tmp_path, runner=runner)
@@ -444,7 +444,7 @@ def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env,
     segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
     heatmap = mrml.show_heatmap(heat, volume, scene=scene)
     logic.min_region_voxels = 1
-    start = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], 0.5, 1)
+    start = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], RegionParams(0.5, 1))
     start[1].reviewed = True                                  # the 0.4 blob (ranked second)
     assert logic.restore(volume, segmentation, heatmap, json.dumps([r.to_dict() for r in start]), 0.5)
     before = [r.to_dict() for r in logic.regions]
@@ -456,7 +456,7 @@ def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env,
     logic.set_threshold(0.42)
     runner.gate.set()
     assert runner.wait(timeout=20)
-    expected = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], 0.42, 1)
+    expected = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], RegionParams(0.42, 1))
     assert [(r.voxel_count, r.bbox_ijk) for r in logic.regions] == [(r.voxel_count, r.bbox_ijk) for r in expected]
     assert logic.regions_threshold == pytest.approx(0.42)
     assert [r.reviewed for r in logic.regions] == [False, True]     # unchanged regions keep their tick
