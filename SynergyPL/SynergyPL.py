@@ -44,8 +44,8 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
 )
 from slicer.util import VTKObservationMixin  # noqa: E402
 from SynergyPLModuleLib import mrml  # noqa: E402
+from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
-from SynergyPLModuleLib.server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
 from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
 from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, TaskRunner  # noqa: E402

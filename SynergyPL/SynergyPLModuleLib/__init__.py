@@ -6,5 +6,5 @@
 - :mod:`.messages`: server summary, training progress and error sentences shown in the panel.
 - :mod:`.tasks`: background work with results delivered on the GUI thread.
 - :mod:`.signals`: a plain-Python signal for logic -> widget reporting.
-- :mod:`.server`: the command line of a local server.
+- :mod:`.local_server`: the command line of a local server (the service's own is SynergyPLLib/service/server.py).
 """

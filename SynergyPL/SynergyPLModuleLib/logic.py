@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from SynergyPLLib.common.job_status import FINAL_STATES, JobStatus
 from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
 
 from . import grids, mrml, nrrdfile
@@ -53,7 +54,6 @@ from .tasks import Task, TaskCancelled, TaskContext, TaskHandle, TaskRunner
 
 _log = logging.getLogger(__name__)
 
-FINAL_JOB_STATES = ("done", "failed", "cancelled", "interrupted")
 CASE_GRID_ATTRIBUTE = "SynergyPL.CaseGrid"
 HAS_DICOM_ATTRIBUTE = "SynergyPL.CaseHasDicom"
 EXPORT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".dcm"}
@@ -479,9 +479,9 @@ class LabelingLogic:
             brief = case.get("prediction")
             if not (reuse_existing and brief and (model_version is None or brief.get("model_version") == model_version)):
                 job = client.predict(case_id, model_version=model_version)
-                ctx.report({"status": "queued", "text": f"prediction job {job['id']} queued"})
+                ctx.report({"status": JobStatus.QUEUED.value, "text": f"prediction job {job['id']} queued"})
                 job = self._follow_job(client, job, ctx)
-                if job["status"] != "done":
+                if job["status"] != JobStatus.DONE:
                     raise client_module.JobFailedError(job)
             ctx.check_cancelled()
             document = client.prediction(case_id)
@@ -522,7 +522,7 @@ class LabelingLogic:
                     cancel_grace: float = 120.0) -> dict:
         """Long-poll a job until it is final (worker thread); cancelling asks the server to stop it."""
         cancel_sent_at = None
-        while job["status"] not in FINAL_JOB_STATES:
+        while job["status"] not in FINAL_STATES:
             if ctx.cancelled and cancel_sent_at is None:
                 cancel_sent_at = time.monotonic()
                 try:
@@ -537,7 +537,7 @@ class LabelingLogic:
             job = client.job(job["id"], wait=self.poll_seconds, since=job.get("updated_at"))
         if report_progress:
             ctx.report(job)
-        if cancel_sent_at is not None and job["status"] == "cancelled":
+        if cancel_sent_at is not None and job["status"] == JobStatus.CANCELLED:
             raise TaskCancelled("cancelled")
         return job
 
@@ -857,7 +857,7 @@ class LabelingLogic:
                 job = running
                 ctx.report({"note": f"A training round is already running (job {job['id']}); following it."})
             job = self._follow_job(client, job, ctx)
-            if job["status"] != "done":
+            if job["status"] != JobStatus.DONE:
                 raise client_module.JobFailedError(job)
             return job, client.info()
 

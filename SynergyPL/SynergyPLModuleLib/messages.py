@@ -8,6 +8,8 @@ import getpass
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from SynergyPLLib.common.job_status import JobStatus
+
 from . import grids, mrml
 from .tasks import TaskCancelled
 
@@ -108,7 +110,7 @@ class TrainingProgress:
             parts.append(f"loss {self.loss:.4f}")
         if self.val_dice is not None:
             parts.append(f"validation Dice {self.val_dice:.3f}")
-        if self.eta_seconds is not None and self.status == "running":
+        if self.eta_seconds is not None and self.status == JobStatus.RUNNING:
             parts.append(f"ETA {_duration(self.eta_seconds)}")
         return ", ".join(parts)
 

@@ -29,7 +29,7 @@ TOKEN = "helper-test-token"
 def served(server_python, small_project, tmp_path_factory):
     """A real server that wants the token from every client (also on loopback)."""
     from serve_support import quiet_env, wait_healthy
-    from SynergyPLModuleLib.server import free_port
+    from SynergyPLModuleLib.local_server import free_port
 
     port = free_port(0)
     log = tmp_path_factory.mktemp("helper") / "server.log"

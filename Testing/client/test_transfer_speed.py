@@ -99,7 +99,7 @@ write_volume(Volume(ct, spacing=(0.7, 0.7, 1.0)), {str(path)!r}, compress=False)
 @pytest.fixture(scope="module")
 def served(server_python, small_project, tmp_path_factory):
     from serve_support import quiet_env, wait_healthy
-    from SynergyPLModuleLib.server import free_port
+    from SynergyPLModuleLib.local_server import free_port
 
     port = free_port(0)
     log = tmp_path_factory.mktemp("speed") / "server.log"

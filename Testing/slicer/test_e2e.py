@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from SynergyPLModuleLib import grids, mrml, selftest
+from SynergyPLModuleLib.local_server import free_port
 from SynergyPLModuleLib.logic import LabelingLogic
-from SynergyPLModuleLib.server import free_port
 
 from SynergyPLLib.client import SynergyPLClient
 from SynergyPLLib.engine.io import read_volume

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import mrml, server, tasks
+from SynergyPLModuleLib import local_server as server
+from SynergyPLModuleLib import mrml, tasks
 from SynergyPLModuleLib.logic import LabelingLogic, TrainingProgress, describe_error
 from SynergyPLModuleLib.signals import Signal
 
@@ -113,6 +114,9 @@ def test_local_server_command(tmp_path, monkeypatch):
         server.serve_command("/usr/bin/python3", tmp_path / "missing")
     with pytest.raises(server.ServerConfigError, match="not a SynergyPL project"):
         server.serve_command("/usr/bin/python3", tmp_path)
+    (tmp_path / "project.yml").write_text("name: x\n")   # project.yml is a project too (it was refused)
+    assert server.serve_command("/usr/bin/python3", tmp_path).project == str(tmp_path)
+    (tmp_path / "project.yml").unlink()
     (tmp_path / "project.yaml").write_text("name: x\n")
     python = tmp_path / "python"
     python.write_text("")

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from SynergyPLModuleLib import mrml, selftest, server
+from SynergyPLModuleLib import local_server as server
+from SynergyPLModuleLib import mrml, selftest
 from SynergyPLModuleLib.logic import LabelingLogic
 
 from SynergyPLLib.client import SynergyPLClient
