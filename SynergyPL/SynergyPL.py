@@ -44,16 +44,15 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
 )
 from slicer.util import VTKObservationMixin  # noqa: E402
 from SynergyPLModuleLib import mrml  # noqa: E402
+from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundRunner  # noqa: E402
 from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
 from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
-from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, TaskRunner  # noqa: E402
 from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
 from SynergyPLLib.common import regions as flagged  # noqa: E402
 
-SETTINGS_PREFIX = "SynergyPL/"
 
 
 def _startupEnvironment() -> dict:
@@ -229,7 +228,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server",
+        for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
                      "server_process", "transfers", "logic", "selftest"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
@@ -684,7 +683,7 @@ class SynergyPLLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        runner = TaskRunner()
+        runner = BackgroundRunner()
         # Volumes move in a helper process started by the GUI thread: fast despite Slicer's GIL.
         self.labeling = LabelingLogic(runner=runner, client_factory=panel_client_factory(runner))
 
@@ -750,7 +749,7 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
         if not url or not image:
             self.delayDisplay("Labeling loop skipped: set SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
             return
-        logic = LabelingLogic(runner=TaskRunner())
+        logic = LabelingLogic(runner=BackgroundRunner())
         logic.configure(url, os.environ.get("SYNERGYPL_TOKEN"), project=os.environ.get("SYNERGYPL_TEST_PROJECT"))
         volume = slicer.util.loadVolume(image)
 

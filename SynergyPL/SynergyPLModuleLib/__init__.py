@@ -4,7 +4,7 @@
 - :mod:`.grids`: moving arrays between the server's and Slicer's voxel grids, exactly.
 - :mod:`.logic`: the labeling loop, driving the service's client and the scene.
 - :mod:`.messages`: server summary, training progress and error sentences shown in the panel.
-- :mod:`.tasks`: background work with results delivered on the GUI thread.
+- :mod:`.background`: background work with results delivered on the GUI thread.
 - :mod:`.signals`: a plain-Python signal for logic -> widget reporting.
 - :mod:`.local_server`: the command line of a local server (the service's own is SynergyPLLib/service/server.py).
 """

@@ -4,8 +4,8 @@
 action is split in three:
 
 1. on the GUI thread, read what is needed from the scene (write the volume or the label to a file);
-2. on a worker thread (:class:`~.tasks.TaskRunner`), talk to the server -- never MRML there;
-3. back on the GUI thread (``TaskRunner.poll``), put the results into the scene and emit signals.
+2. on a worker thread (:class:`~.background.BackgroundRunner`), talk to the server -- never MRML there;
+3. back on the GUI thread (``BackgroundRunner.poll``), put the results into the scene and emit signals.
 
 So the panel never waits for the network, every MRML change happens on the GUI thread, and every
 action ends with ``busy_changed(action, False)`` -- also after an error -- so buttons never stay
@@ -37,6 +37,7 @@ from SynergyPLLib.common.job_status import FINAL_STATES, JobStatus
 from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
 
 from . import grids, mrml, nrrdfile
+from .background import BackgroundCall, BackgroundRunner, CallCancelled, CallContext, CallHandle
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
     DICOM_UIDS_ATTRIBUTE,
     ServerInfo,
@@ -50,7 +51,6 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     training_summary,
 )
 from .signals import Signal
-from .tasks import Task, TaskCancelled, TaskContext, TaskHandle, TaskRunner
 
 _log = logging.getLogger(__name__)
 
@@ -86,11 +86,11 @@ class LabelingLogic:
     (default: the Slicer application's).
     """
 
-    def __init__(self, runner: TaskRunner | None = None, scene=None,
+    def __init__(self, runner: BackgroundRunner | None = None, scene=None,
                  client_factory: Callable | None = None, work_dir: str | os.PathLike | None = None,
                  dicom_files: Callable = default_dicom_files, poll_seconds: float = 1.0,
                  slice_logics: Callable = default_slice_logics) -> None:
-        self.runner = runner or TaskRunner()
+        self.runner = runner or BackgroundRunner()
         self._scene = scene
         self.client_factory = client_factory or (lambda url, token, timeout: _client_module().SynergyPLClient(
             url, token=token, timeout=timeout))
@@ -115,7 +115,7 @@ class LabelingLogic:
         self.regions: list[Region] = []
         self.regions_threshold: float | None = None  # the threshold self.regions were found with
         self.current_region = -1
-        self._handles: dict[str, TaskHandle] = {}
+        self._handles: dict[str, CallHandle] = {}
         self._sequence = 0
         self._restored_classes: list[mrml.SegmentClass] = []
         self._scene_generation = 0  # +1 each time the scene is closed
@@ -186,14 +186,14 @@ class LabelingLogic:
             return bool(self._handles)
         return action in self._handles
 
-    def _start(self, action: str, work: Callable[[TaskContext], object], on_done: Callable | None = None,
-               on_progress: Callable | None = None, on_error: Callable | None = None) -> TaskHandle | None:
+    def _start(self, action: str, work: Callable[[CallContext], object], on_done: Callable | None = None,
+               on_progress: Callable | None = None, on_error: Callable | None = None) -> CallHandle | None:
         """Run ``work`` off the GUI thread as ``action``; one task per action at a time."""
         if action in self._handles:
             self.status.emit(f"{action.replace('_', ' ').capitalize()} is already running.")
             return None
 
-        handle: TaskHandle | None = None
+        handle: CallHandle | None = None
         generation = self._scene_generation
 
         def scene_closed() -> bool:
@@ -220,7 +220,7 @@ class LabelingLogic:
 
         def failed(exc: BaseException) -> None:
             release()
-            if isinstance(exc, TaskCancelled):
+            if isinstance(exc, CallCancelled):
                 self.status.emit(f"{action.replace('_', ' ').capitalize()} cancelled.")
                 return
             if scene_closed():
@@ -235,7 +235,7 @@ class LabelingLogic:
             if action not in self._handles:
                 self.busy_changed.emit(action, False)
 
-        handle = self.runner.submit(Task(action, work, on_done=done, on_error=failed,
+        handle = self.runner.submit(BackgroundCall(action, work, on_done=done, on_error=failed,
                                          on_progress=on_progress, on_finally=finished))
         self._handles[action] = handle
         self.busy_changed.emit(action, True)
@@ -274,7 +274,7 @@ class LabelingLogic:
         """Ask the server for its project, classes, device and active model (``server_changed``)."""
         url = self.url
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=min(self.timeout, 15.0)).info()
 
         def done(info: dict) -> None:
@@ -346,7 +346,7 @@ class LabelingLogic:
         client_module = _client_module()
         self.status.emit(f"Uploading {name}…")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             path = payload
             if voxels is not None:
                 nrrdfile.write_nrrd(payload, voxels, matrix)
@@ -407,7 +407,7 @@ class LabelingLogic:
     def next_case(self, then: Callable | None = None) -> None:
         """Fetch the case the model is least sure about, load it (and its prediction if it has one)."""
         def with_server(server: ServerInfo) -> None:
-            def work(ctx: TaskContext):
+            def work(ctx: CallContext):
                 return self._client().next_case(predict=True)
 
             def done(answer: dict) -> None:
@@ -428,7 +428,7 @@ class LabelingLogic:
     def _download_case(self, case: dict, server: ServerInfo, then) -> None:
         target = self._temp_path(f"{_safe_name(case['id'])}.nrrd")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=self.upload_timeout).download_image(case["id"], target)
 
         def done(path: Path) -> None:
@@ -473,7 +473,7 @@ class LabelingLogic:
         client_module = _client_module()
         self.status.emit(f"Pseudo-labelling case {case_id}…")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             case = client.get_case(case_id)
             brief = case.get("prediction")
@@ -518,7 +518,7 @@ class LabelingLogic:
 
         self._start("predict", work, done, progress, failed)
 
-    def _follow_job(self, client, job: dict, ctx: TaskContext, report_progress: bool = True,
+    def _follow_job(self, client, job: dict, ctx: CallContext, report_progress: bool = True,
                     cancel_grace: float = 120.0) -> dict:
         """Long-poll a job until it is final (worker thread); cancelling asks the server to stop it."""
         cancel_sent_at = None
@@ -531,14 +531,14 @@ class LabelingLogic:
                     pass  # it finished meanwhile
                 continue
             if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > cancel_grace:
-                raise TaskCancelled(f"job {job['id']} did not stop within {cancel_grace:.0f} s")
+                raise CallCancelled(f"job {job['id']} did not stop within {cancel_grace:.0f} s")
             if report_progress:
                 ctx.report(job)
             job = client.job(job["id"], wait=self.poll_seconds, since=job.get("updated_at"))
         if report_progress:
             ctx.report(job)
         if cancel_sent_at is not None and job["status"] == JobStatus.CANCELLED:
-            raise TaskCancelled("cancelled")
+            raise CallCancelled("cancelled")
         return job
 
     def _read_on_volume_grid(self, path: Path, volume_node, labelmap: bool) -> np.ndarray:
@@ -670,7 +670,7 @@ class LabelingLogic:
         wanted = self.region_params()
         names = self.class_names()
 
-        def work(ctx: TaskContext) -> list[Region]:
+        def work(ctx: CallContext) -> list[Region]:
             return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, wanted)
 
         def done(fresh: list[Region]) -> None:
@@ -772,7 +772,7 @@ class LabelingLogic:
             if skipped:
                 self.status.emit(f"Not submitted (not project classes): {', '.join(skipped)}.")
 
-            def work(ctx: TaskContext):
+            def work(ctx: CallContext):
                 nrrdfile.write_nrrd(path, to_case_grid(label), case_matrix)
                 ctx.check_cancelled()
                 return self._client(timeout=self.upload_timeout).submit_label(
@@ -819,7 +819,7 @@ class LabelingLogic:
         """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict)."""
         target = self._temp_path(f"{_safe_name(case_id)}-v{version}.nrrd")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             client.download_label(case_id, version, target)
             return client.list_labels(case_id)
@@ -846,7 +846,7 @@ class LabelingLogic:
         """Start a training round (or follow the one already running); progress via ``training_progress``."""
         client_module = _client_module()
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             try:
                 job = client.train(iterations=iterations or None)
@@ -927,7 +927,7 @@ class LabelingLogic:
             self._fail("export", "Submit the segmentation first: DICOM SEG is made from a submitted label version.")
             return None
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=self.upload_timeout).export(case, "dicom-seg", version=version, path=target)
 
         def done(path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from SynergyPLLib.common.job_status import JobStatus
 
 from . import grids, mrml
-from .tasks import TaskCancelled
+from .background import CallCancelled
 
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM module on volumes it loaded
 
@@ -47,7 +47,7 @@ def describe_error(exc: BaseException) -> str:
         return f"The server refused the request: {exc.message}"
     if isinstance(exc, (grids.GridMismatch, mrml.SceneError)):
         return str(exc)
-    if isinstance(exc, TaskCancelled):
+    if isinstance(exc, CallCancelled):
         return "Cancelled."
     return f"{type(exc).__name__}: {exc}"
 

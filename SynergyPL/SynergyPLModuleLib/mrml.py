@@ -35,7 +35,6 @@ _log = logging.getLogger(__name__)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-ATTRIBUTE_PREFIX = "SynergyPL."
 CASE_ID_ATTRIBUTE = "SynergyPL.CaseId"
 CASE_SERVER_ATTRIBUTE = "SynergyPL.CaseServer"
 LABEL_VERSION_ATTRIBUTE = "SynergyPL.LabelVersion"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from SynergyPLModuleLib import background, mrml
 from SynergyPLModuleLib import local_server as server
-from SynergyPLModuleLib import mrml, tasks
 from SynergyPLModuleLib.logic import LabelingLogic, TrainingProgress, describe_error
 from SynergyPLModuleLib.signals import Signal
 
@@ -34,7 +34,7 @@ def test_signal_calls_every_slot_even_if_one_fails():
 
 
 def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread():
-    runner = tasks.TaskRunner()
+    runner = background.BackgroundRunner()
     busy, delivered = [], []
     runner.busy_changed.connect(busy.append)
     main = threading.get_ident()
@@ -45,9 +45,9 @@ def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread(
         ctx.report(2)
         return "result"
 
-    handle = runner.submit(tasks.Task("ok", work, on_done=lambda r: delivered.append(("done", r, threading.get_ident())),
+    handle = runner.submit(background.BackgroundCall("ok", work, on_done=lambda r: delivered.append(("done", r, threading.get_ident())),
                                       on_progress=lambda p: delivered.append(("progress", p, threading.get_ident()))))
-    failing = runner.submit(tasks.Task("bad", lambda ctx: 1 / 0, on_error=lambda e: delivered.append(("error", type(e)))))
+    failing = runner.submit(background.BackgroundCall("bad", lambda ctx: 1 / 0, on_error=lambda e: delivered.append(("error", type(e)))))
     assert runner.wait(timeout=10)
     assert handle.finished and handle.result == "result" and failing.error is not None
     assert [d for d in delivered if d[0] == "progress"] == [("progress", 1, main), ("progress", 2, main)]
@@ -56,7 +56,7 @@ def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread(
 
 
 def test_task_runner_cancel_and_unhandled_errors():
-    runner = tasks.TaskRunner()
+    runner = background.BackgroundRunner()
     unhandled = []
     runner.unhandled_error.connect(lambda name, exc: unhandled.append((name, type(exc))))
     started = threading.Event()
@@ -67,13 +67,13 @@ def test_task_runner_cancel_and_unhandled_errors():
             pass
         ctx.check_cancelled()
 
-    handle = runner.submit(tasks.Task("slow", slow))
+    handle = runner.submit(background.BackgroundCall("slow", slow))
     started.wait(5)
     assert runner.busy and not runner.wait(handle, timeout=0.1)
     handle.cancel()
     assert runner.wait(handle, timeout=5)
-    assert unhandled == [("slow", tasks.TaskCancelled)]
-    broken = runner.submit(tasks.Task("broken callback", lambda ctx: 1, on_done=lambda r: 1 / 0))
+    assert unhandled == [("slow", background.CallCancelled)]
+    broken = runner.submit(background.BackgroundCall("broken callback", lambda ctx: 1, on_done=lambda r: 1 / 0))
     assert runner.wait(broken, timeout=5) and unhandled[-1] == ("broken callback", ZeroDivisionError)
 
 
@@ -299,8 +299,8 @@ class PredictingClient(FakeClient):
         return {"version": int(parent_version or 0) + 1, "author": author}
 
 
-class GatedRunner(tasks.TaskRunner):
-    """A TaskRunner whose worker threads wait for ``gate`` before running the tasks named in ``gated``:
+class GatedRunner(background.BackgroundRunner):
+    """A BackgroundRunner whose worker threads wait for ``gate`` before running the tasks named in ``gated``:
     what the GUI thread did before the task ran can then be checked deterministically."""
 
     def __init__(self, gated=()):
