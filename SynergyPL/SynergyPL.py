@@ -54,7 +54,6 @@ from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 from SynergyPLLib.common import regions as flagged  # noqa: E402
 
 
-
 def _startupEnvironment() -> dict:
     """The environment Slicer was started with (before its launcher set PYTHONHOME, PYTHONPATH,
     LD_LIBRARY_PATH...): ``slicer.util.startupEnvironment()`` in Slicer 5.8 and 5.10; the process
@@ -190,6 +189,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         labeling.busy_changed.connect(self._onBusyChanged)
         labeling.server_changed.connect(self._onServerChanged)
         labeling.case_changed.connect(self._onCaseChanged)
+        labeling.next_case_loaded.connect(self._onNextCaseLoaded)
         labeling.prediction_ready.connect(self._onPredictionReady)
         labeling.regions_changed.connect(self._onRegionsChanged)
         labeling.current_region_changed.connect(self._onCurrentRegionChanged)
@@ -229,7 +229,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import importlib
 
         for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
-                     "server_process", "transfers", "logic", "selftest"):
+                     "server_process", "transfers", "logic"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -452,12 +452,12 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNextCase(self) -> None:
         self._configureServer()
 
-        def loaded(volume, case) -> None:
-            self._parameterNode.inputVolume = volume
-            if case.get("prediction"):
-                self.onPseudoLabel()
+        self.labeling.next_case()
 
-        self.labeling.next_case(then=loaded)
+    def _onNextCaseLoaded(self, volume, case) -> None:
+        self._parameterNode.inputVolume = volume
+        if case.get("prediction"):
+            self.onPseudoLabel()
 
     def _onCaseChanged(self, volume, case_id) -> None:
         server = self.labeling.server
@@ -743,12 +743,15 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Scene helpers passed")
 
     def test_labeling_loop(self) -> None:
-        from SynergyPLModuleLib.selftest import run_labeling_loop
-
         url, image = os.environ.get("SYNERGYPL_TEST_URL"), os.environ.get("SYNERGYPL_TEST_IMAGE")
-        if not url or not image:
-            self.delayDisplay("Labeling loop skipped: set SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
+        testing = Path(__file__).resolve().parent.parent / "Testing" / "slicer"  # the scenario is test code
+        if not url or not image or not (testing / "selftest.py").is_file():
+            self.delayDisplay("Labeling loop skipped: run the module from the source tree and set "
+                              "SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
             return
+        if str(testing) not in sys.path:
+            sys.path.append(str(testing))
+        from selftest import run_labeling_loop
         logic = LabelingLogic(runner=BackgroundRunner())
         logic.configure(url, os.environ.get("SYNERGYPL_TOKEN"), project=os.environ.get("SYNERGYPL_TEST_PROJECT"))
         volume = slicer.util.loadVolume(image)

@@ -135,6 +135,8 @@ class LabelingLogic:
         self.training_finished = Signal("training_finished")  # (job dict)
         self.model_version_changed = Signal("model_version_changed")  # (int | None)
         self.exported = Signal("exported")                  # (Path)
+        self.next_case_loaded = Signal("next_case_loaded")  # (volume_node, case dict)
+        self.label_loaded = Signal("label_loaded")          # (segmentation_node) of load_label_version
         self._observe_scene_close()
 
     # ------------------------------------------------------------------------------------------
@@ -270,8 +272,11 @@ class LabelingLogic:
     # ------------------------------------------------------------------------------------------
     # Server
     # ------------------------------------------------------------------------------------------
-    def check_connection(self, then: Callable[[ServerInfo], None] | None = None) -> None:
+    def check_connection(self) -> None:
         """Ask the server for its project, classes, device and active model (``server_changed``)."""
+        self._connect()
+
+    def _connect(self, after: Callable[[ServerInfo], None] | None = None) -> None:
         url = self.url
 
         def work(ctx: CallContext):
@@ -280,8 +285,8 @@ class LabelingLogic:
         def done(info: dict) -> None:
             self._apply_info(url, info)
             self.status.emit(f"Connected: {self.server.summary()}.")
-            if then is not None:
-                then(self.server)
+            if after is not None:
+                after(self.server)
 
         self._start("connect", work, done)
 
@@ -302,13 +307,17 @@ class LabelingLogic:
         if self.server is not None and self.server.url == self.url:
             then(self.server)
         else:
-            self.check_connection(then)
+            self._connect(then)
 
     # ------------------------------------------------------------------------------------------
     # Case
     # ------------------------------------------------------------------------------------------
-    def upload(self, volume_node, then: Callable[[str], None] | None = None, force: bool = False) -> None:
-        """Upload the volume once as a case (its id is remembered on the node), then ``then(case_id)``."""
+    def upload(self, volume_node, force: bool = False) -> None:
+        """Upload the volume once as a case (its id is remembered on the node); ``case_changed`` reports it."""
+        self._upload(volume_node, None, force)
+
+    def _upload(self, volume_node, then: Callable[[str], None] | None = None, force: bool = False) -> None:
+        """:meth:`upload`, then ``then(case_id)`` (the next step of a workflow that needs the case)."""
         if volume_node is None:
             self._fail("upload", "Select a volume first.")
             return
@@ -404,8 +413,8 @@ class LabelingLogic:
             pass
         volume_node.SetAttribute(HAS_DICOM_ATTRIBUTE, "1" if case.get("has_dicom") else "0")
 
-    def next_case(self, then: Callable | None = None) -> None:
-        """Fetch the case the model is least sure about, load it (and its prediction if it has one)."""
+    def next_case(self) -> None:
+        """Fetch the case the model is least sure about and load it: ``next_case_loaded(volume, case)``."""
         def with_server(server: ServerInfo) -> None:
             def work(ctx: CallContext):
                 return self._client().next_case(predict=True)
@@ -417,15 +426,15 @@ class LabelingLogic:
                 if existing is not None:
                     self._remember_case(existing, case, server)
                     mrml.show_volume(existing, self.slice_logics(), self.scene)
-                    self._case_loaded(existing, case, then)
+                    self._case_loaded(existing, case)
                 else:
-                    self._download_case(case, server, then)
+                    self._download_case(case, server)
 
             self._start("next_case", work, done)
 
         self._with_server("next_case", with_server)
 
-    def _download_case(self, case: dict, server: ServerInfo, then) -> None:
+    def _download_case(self, case: dict, server: ServerInfo) -> None:
         target = self._temp_path(f"{_safe_name(case['id'])}.nrrd")
 
         def work(ctx: CallContext):
@@ -435,21 +444,19 @@ class LabelingLogic:
             node = mrml.read_volume_file(path, name=case["id"], scene=self.scene)
             self._remember_case(node, case, server)
             mrml.show_volume(node, self.slice_logics(), self.scene)
-            self._case_loaded(node, case, then)
+            self._case_loaded(node, case)
 
         self._start("next_case", work, done)
 
-    def _case_loaded(self, volume_node, case: dict, then) -> None:
+    def _case_loaded(self, volume_node, case: dict) -> None:
         self.case_changed.emit(volume_node, case["id"])
-        if then is not None:
-            then(volume_node, case)
+        self.next_case_loaded.emit(volume_node, case)
 
     # ------------------------------------------------------------------------------------------
     # Pseudo-label
     # ------------------------------------------------------------------------------------------
     def pseudo_label(self, volume_node, segmentation_node=None, heatmap_node=None, *, opacity: float = 0.5,
-                     show_heatmap: bool = True, reuse_existing: bool = True,
-                     then: Callable | None = None) -> None:
+                     show_heatmap: bool = True, reuse_existing: bool = True) -> None:
         """Predict the volume with the current model; fill the segmentation and the heatmap.
 
         Uploads the volume first if needed. With ``reuse_existing`` a prediction the server already has
@@ -461,12 +468,12 @@ class LabelingLogic:
 
         def with_case(case_id: str) -> None:
             self._predict_case(volume_node, case_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                               reuse_existing, then, retried=False)
+                               reuse_existing, retried=False)
 
-        self.upload(volume_node, with_case)
+        self._upload(volume_node, with_case)
 
     def _predict_case(self, volume_node, case_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                      reuse_existing, then, retried) -> None:
+                      reuse_existing, retried) -> None:
         model_version = self.model_version
         label_path = self._temp_path("label.nrrd")
         heatmap_path = label_path.with_name("heatmap.nrrd")
@@ -502,17 +509,15 @@ class LabelingLogic:
             version = document.get("model_version")
             found = "finding the flagged regions…" if self.is_busy("regions") else f"{len(self.regions)} flagged regions."
             self.status.emit(f"Pseudo-label of case {case_id} by model v{version}: {found}")
-            if then is not None:
-                then(segmentation, heatmap)
 
         def failed(exc: BaseException) -> bool:
             if isinstance(exc, client_module.NotFoundError) and "case" in str(exc.message).lower() and not retried:
                 # The server forgot the case (new project folder, deleted): upload again, once.
                 volume_node.RemoveAttribute(mrml.CASE_ID_ATTRIBUTE)
                 self.status.emit(f"The server no longer has case {case_id}; uploading the volume again.")
-                self.upload(volume_node, lambda new_id: self._predict_case(
+                self._upload(volume_node, lambda new_id: self._predict_case(
                     volume_node, new_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                    reuse_existing, then, retried=True))
+                    reuse_existing, retried=True))
                 return True
             return False
 
@@ -745,8 +750,8 @@ class LabelingLogic:
     # Submit
     # ------------------------------------------------------------------------------------------
     def submit(self, volume_node, segmentation_node, author: str | None = None,
-               parent_version: int | None = None, then: Callable | None = None) -> None:
-        """Send the segmentation as a new label version of the volume's case.
+               parent_version: int | None = None) -> None:
+        """Send the segmentation as a new label version of the volume's case (``submitted``).
 
         ``parent_version`` (default: the version the segmentation started from) lets the server detect
         that someone else submitted meanwhile: then ``conflict`` is emitted and nothing changes here.
@@ -783,8 +788,6 @@ class LabelingLogic:
                 segmentation_node.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
                 self.status.emit(f"Submitted label version {version['version']} of case {case_id} as {author}.")
                 self.submitted.emit(version)
-                if then is not None:
-                    then(version)
 
             def failed(exc: BaseException) -> bool:
                 if isinstance(exc, _client_module().ConflictError):
@@ -802,7 +805,7 @@ class LabelingLogic:
             self.status.emit(f"Submitting the label of case {case_id}…")
             self._start("submit", work, done, on_error=failed)
 
-        self.upload(volume_node, with_case)
+        self._upload(volume_node, with_case)
 
     def _case_grid_mapper(self, volume_node, shape) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
         """``(mapper, ijk_to_ras)``: how an array on the volume's grid moves onto the case's grid (the
@@ -814,9 +817,9 @@ class LabelingLogic:
         matrix, case_shape = grids.grid_from_json(text)
         return grids.array_mapper(mrml.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
 
-    def load_label_version(self, volume_node, case_id: str, version: int | str = "latest",
-                           then: Callable | None = None) -> None:
-        """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict)."""
+    def load_label_version(self, volume_node, case_id: str, version: int | str = "latest") -> None:
+        """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict):
+        ``label_loaded(segmentation)``."""
         target = self._temp_path(f"{_safe_name(case_id)}-v{version}.nrrd")
 
         def work(ctx: CallContext):
@@ -834,15 +837,14 @@ class LabelingLogic:
             segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
             segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
             self.status.emit(f"Loaded {name}.")
-            if then is not None:
-                then(segmentation)
+            self.label_loaded.emit(segmentation)
 
         self._start("load_label", work, done)
 
     # ------------------------------------------------------------------------------------------
     # Retrain
     # ------------------------------------------------------------------------------------------
-    def retrain(self, iterations: int | None = None, then: Callable | None = None) -> None:
+    def retrain(self, iterations: int | None = None) -> None:
         """Start a training round (or follow the one already running); progress via ``training_progress``."""
         client_module = _client_module()
 
@@ -876,8 +878,6 @@ class LabelingLogic:
                 self.model_version_changed.emit(self.model_version)
             self.status.emit(f"Training round finished: {training_summary(job)}. Pseudo-label now uses it.")
             self.training_finished.emit(job)
-            if then is not None:
-                then(job)
 
         self.status.emit("Starting a training round…")
         self._start("train", work, done, progress)
@@ -888,10 +888,10 @@ class LabelingLogic:
     # ------------------------------------------------------------------------------------------
     # Export
     # ------------------------------------------------------------------------------------------
-    def export(self, volume_node, segmentation_node, fmt: str, folder: str | os.PathLike,
-               then: Callable | None = None) -> Path | None:
+    def export(self, volume_node, segmentation_node, fmt: str, folder: str | os.PathLike) -> Path | None:
         """Write the segmentation as ``seg.nrrd`` or ``nifti`` (here, with Slicer's writers), or fetch the
-        submitted label version as ``dicom-seg`` from the server (only for cases uploaded from DICOM)."""
+        submitted label version as ``dicom-seg`` from the server (only for cases uploaded from DICOM);
+        ``exported(path)`` reports the file written."""
         if fmt not in EXPORT_FORMATS:
             self._fail("export", f"Unknown export format {fmt!r}.")
             return None
@@ -911,8 +911,6 @@ class LabelingLogic:
                 return None
             self.status.emit(f"Exported {path}.")
             self.exported.emit(path)
-            if then is not None:
-                then(path)
             return path
         if not case:
             self._fail("export", "DICOM SEG is made by the server: upload the volume and submit a label first.")
@@ -933,8 +931,6 @@ class LabelingLogic:
         def done(path: Path) -> None:
             self.status.emit(f"Exported DICOM SEG of label version {version}: {path}.")
             self.exported.emit(Path(path))
-            if then is not None:
-                then(Path(path))
 
         self._start("export", work, done)
         return target

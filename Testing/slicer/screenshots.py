@@ -254,7 +254,8 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     logic.configure(url, project=project)  # the server's token from its project folder
     volume = mrml.read_volume_file(image, scene=app.scene)
     produced = {}
-    logic.pseudo_label(volume, opacity=0.6, then=lambda seg, heat: produced.update(seg=seg, heat=heat))
+    logic.prediction_ready.connect(lambda seg, heat: produced.update(seg=seg, heat=heat))
+    logic.pseudo_label(volume, opacity=0.6)
     if not logic.runner.wait(timeout=900) or "seg" not in produced:
         raise SystemExit(f"pseudo-label failed: {statuses[-3:]}")
     segmentation, heatmap = produced["seg"], produced["heat"]

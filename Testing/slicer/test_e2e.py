@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import grids, mrml, selftest
+import selftest
+from SynergyPLModuleLib import grids, mrml
 from SynergyPLModuleLib.local_server import free_port
 from SynergyPLModuleLib.logic import LabelingLogic
 
@@ -146,7 +147,8 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     logic.configure(url, project=project)
     volume = mrml.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
     got: dict = {}
-    logic.pseudo_label(volume, then=lambda seg, heat: got.update(seg=seg, heat=heat))
+    logic.prediction_ready.connect(lambda seg, heat: got.update(seg=seg, heat=heat))
+    logic.pseudo_label(volume)
     assert _wait(logic, 600)
     server_regions = [r.to_dict() for r in logic.regions]
     state = logic.prediction
@@ -191,7 +193,8 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     label[20:25, 15:30, 8:20] = 2
     segmentation = mrml.labelmap_to_segmentation(label, volume, logic.server.classes, scene=mrml_env.scene)
     submitted = []
-    logic.submit(volume, segmentation, author="dicom test", then=submitted.append)
+    logic.submitted.connect(submitted.append)
+    logic.submit(volume, segmentation, author="dicom test")
     assert _wait(logic, 120) and not errors, errors
     case_id = mrml.case_id(volume)
     case = SynergyPLClient(url, project=project).get_case(case_id)

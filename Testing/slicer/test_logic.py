@@ -375,7 +375,8 @@ def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
     label, heat = _label_and_heat()
     _prediction_for(case_id, volume, label, heat)
     got = {}
-    logic.pseudo_label(volume, then=lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.prediction_ready.connect(lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.pseudo_label(volume)
     assert logic.runner.wait(timeout=20) and got
     bounds = [0.0] * 6
     got["seg"].GetRASBounds(bounds)
@@ -506,7 +507,8 @@ def test_reviewed_ticks_come_back_with_the_volume_and_with_a_saved_scene(mrml_en
     label, heat = _label_and_heat()
     _prediction_for(_upload(logic, volume), volume, label, heat)
     got = {}
-    logic.pseudo_label(volume, then=lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.prediction_ready.connect(lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.pseudo_label(volume)
     assert logic.runner.wait(timeout=20) and len(logic.regions) == 2
     logic.set_reviewed(1)
     ticks = [r.reviewed for r in logic.regions]
@@ -568,7 +570,8 @@ def test_next_case_shows_the_case_and_fits_the_views(mrml_env, tmp_path):
         slice_node.SetFieldOfView(2.0, 2.0, 1.0)
     mrml.center_slice_views_on((300.0, 300.0, 300.0), scene)
     loaded = []
-    logic.next_case(then=lambda volume, case: loaded.append(volume))
+    logic.next_case_loaded.connect(lambda volume, case: loaded.append(volume))
+    logic.next_case()
     assert logic.runner.wait(timeout=20) and loaded
     volume = loaded[0]
     assert mrml.case_id(volume) == PredictingClient.next_id

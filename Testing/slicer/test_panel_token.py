@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+import selftest
 from SynergyPLModuleLib import local_server as server
-from SynergyPLModuleLib import mrml, selftest
+from SynergyPLModuleLib import mrml
 from SynergyPLModuleLib.logic import LabelingLogic
 
 from SynergyPLLib.client import SynergyPLClient

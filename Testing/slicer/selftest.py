@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from . import mrml
+from SynergyPLModuleLib import mrml
 
 
 class Recorder:
@@ -71,7 +70,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("pseudo-label")
     produced: dict = {}
-    logic.pseudo_label(volume_node, then=lambda seg, heat: produced.update(segmentation=seg, heatmap=heat))
+    logic.prediction_ready.connect(lambda seg, heat: produced.update(segmentation=seg, heatmap=heat))
+    logic.pseudo_label(volume_node)
     step("pseudo-label", 600)
     segmentation, heatmap = produced.get("segmentation"), produced.get("heatmap")
     if segmentation is None or heatmap is None:
@@ -111,7 +111,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("read the submitted label back")
     loaded: dict = {}
-    logic.load_label_version(volume_node, case_id, version["version"], then=lambda seg: loaded.update(seg=seg))
+    logic.label_loaded.connect(lambda seg: loaded.update(seg=seg))
+    logic.load_label_version(volume_node, case_id, version["version"])
     step("load label", 60)
     back, _ = mrml.segmentation_to_labelmap(loaded["seg"], volume_node, logic.server.classes, scene)
     if not np.array_equal(back, expected):
@@ -140,7 +141,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("pseudo-label with the new model")
     fresh: dict = {}
-    logic.pseudo_label(volume_node, heatmap_node=heatmap, then=lambda seg, heat: fresh.update(segmentation=seg))
+    logic.prediction_ready.connect(lambda seg, heat: fresh.update(segmentation=seg))
+    logic.pseudo_label(volume_node, heatmap_node=heatmap)
     step("pseudo-label after retraining", 600)
     if fresh["segmentation"].GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE) != str(logic.model_version):
         raise AssertionError("pseudo-label after retraining did not use the new model")
