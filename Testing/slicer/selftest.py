@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import scene_checks
 from SynergyPLModuleLib import mrml
 
 
@@ -96,7 +97,7 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     centre = [s // 2 for s in shape]
     cube[tuple(slice(c - 2, c + 3) for c in centre)] = True
     current = mrml.segment_mask(segmentation, ids[first.value], volume_node, scene)
-    mrml.set_segment_mask(segmentation, ids[first.value], current | cube, volume_node, scene=scene)
+    scene_checks.set_segment_mask(segmentation, ids[first.value], current | cube, volume_node, scene=scene)
     expected, _ = mrml.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
     if not (expected[cube] == first.value).all():
         raise AssertionError("edit: the painted cube is not in the label map")
@@ -154,7 +155,7 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
                                               name="submitted", scene=scene)
     path = logic.export(volume_node, reference, "seg.nrrd", export_folder)
     record.check_no_errors("export")
-    reloaded = mrml.load_segmentation_file(path, scene=scene)
+    reloaded = scene_checks.load_segmentation_file(path, scene=scene)
     again, _ = mrml.segmentation_to_labelmap(reloaded, volume_node, logic.server.classes, scene)
     if not np.array_equal(again, expected):
         raise AssertionError("export: the reloaded .seg.nrrd differs from the segmentation")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scene_checks
 import selftest
 from SynergyPLModuleLib import grids, mrml
 from SynergyPLModuleLib.local_server import free_port
@@ -159,7 +160,7 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     assert _wait(logic, 120)
     regions = logic.regions
     assert got["heat"].GetDisplayNode().GetUpperThreshold() == pytest.approx(0.3)
-    reference = Volume(state.heatmap, **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    reference = Volume(state.heatmap, **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     expected = flag_regions(reference, reference.with_array(state.label), logic.class_names(), threshold=0.3,
                             min_voxels=logic.region_params().min_voxels, max_regions=logic.region_params().max_regions)
     assert [(r.rank, r.voxel_count, r.bbox_ijk) for r in regions] == \
@@ -167,7 +168,7 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     if regions:
         logic.set_reviewed(0)
         region = logic.next_region()
-        for slice_node in mrml.slice_nodes(logic.scene):
+        for slice_node in scene_checks.slice_nodes(logic.scene):
             assert np.allclose(mrml.slice_view_center_ras(slice_node),
                                mrml.region_center_ras(region.to_dict(), volume), atol=1e-6)
         logic.set_threshold(0.3)  # unchanged: keeps the reviewed tick

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scene_checks
 from SynergyPLModuleLib import background, mrml
 from SynergyPLModuleLib import local_server as server
 from SynergyPLModuleLib.logic import LabelingLogic, TrainingProgress, describe_error
@@ -239,7 +240,7 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     assert fake_logic.runner.wait(timeout=10)
     assert [(r.voxel_count, r.reviewed) for r in fake_logic.regions] == [(3, True)]
     region = fake_logic.go_to_region(0)
-    assert np.allclose(mrml.slice_view_center_ras(mrml.slice_nodes(scene)[0]),
+    assert np.allclose(mrml.slice_view_center_ras(scene_checks.slice_nodes(scene)[0]),
                        mrml.region_center_ras(region.to_dict(), volume))
 
 
@@ -256,7 +257,7 @@ def test_actions_report_missing_input_without_staying_busy(fake_logic):
 
 def test_same_voxels_check_reads_through_slicer(fake_logic, mrml_env, tmp_path):
     volume = _volume(mrml_env.scene, "scan", 0)
-    image = Volume(mrml.array_ijk(volume), **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(mrml.array_ijk(volume), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     assert fake_logic._same_voxels(write_volume(image, tmp_path / "same.nrrd"), volume)
     image.array[0, 0, 0] += 1
     assert not fake_logic._same_voxels(write_volume(image, tmp_path / "other.nrrd"), volume)
@@ -331,7 +332,7 @@ def _predicting_logic(mrml_env, tmp_path, runner=None, **kwargs):
 
 
 def _prediction_for(case_id, volume, label, heat, regions_threshold=0.5):
-    image = Volume(mrml.array_ijk(volume).astype(np.float32), **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(mrml.array_ijk(volume).astype(np.float32), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     PredictingClient.predictions[case_id] = {
         "label": image.with_array(label.astype(np.uint8)), "heatmap": image.with_array(heat.astype(np.float32)),
         "document": {"model_version": 1, "classes": ["background", "Anterior"], "regions": [],
@@ -566,7 +567,7 @@ def test_next_case_shows_the_case_and_fits_the_views(mrml_env, tmp_path):
                                         np.diag([-2.0, -2.0, 3.0, 1.0]), "elsewhere", scene=scene)
     PredictingClient.next_id = _upload(logic, source)
     scene.RemoveNode(source)                                  # the next case is not in the scene yet
-    for slice_node in mrml.slice_nodes(scene):
+    for slice_node in scene_checks.slice_nodes(scene):
         slice_node.SetFieldOfView(2.0, 2.0, 1.0)
     mrml.center_slice_views_on((300.0, 300.0, 300.0), scene)
     loaded = []
@@ -578,7 +579,7 @@ def test_next_case_shows_the_case_and_fits_the_views(mrml_env, tmp_path):
     centre = (mrml.ijk_to_world_ras(volume) @ np.array([5.5, 5.5, 5.5, 1.0]))[:3]
     for composite in mrml.slice_composite_nodes(scene):
         assert composite.GetBackgroundVolumeID() == volume.GetID()
-    for slice_node in mrml.slice_nodes(scene):
+    for slice_node in scene_checks.slice_nodes(scene):
         assert max(slice_node.GetFieldOfView()[:2]) >= 24.0, slice_node.GetName()
         offset = np.asarray(mrml.slice_view_center_ras(slice_node)) - centre
         normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
