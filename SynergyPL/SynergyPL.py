@@ -308,16 +308,11 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Another volume was chosen: select the segmentation and heatmap made for it (or none), so that
         a pseudo-label never lands in another case's segmentation."""
         volume = p.inputVolume
-        for field, className in (("segmentation", "vtkMRMLSegmentationNode"), ("heatmap", "vtkMRMLScalarVolumeNode")):
-            current = getattr(p, field)
-            source = current.GetAttribute(mrml.SOURCE_VOLUME_ATTRIBUTE) if current else None
-            if volume is None or (current and source == volume.GetID()):
-                continue
-            if current and source is None and field == "segmentation":
-                continue  # a segmentation the user chose that the panel did not make: leave it
-            made = mrml.nodes_made_for(volume, className)
-            made = [n for n in made if field != "heatmap" or n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "heatmap"]
-            setattr(p, field, made[-1] if made else None)
+        segmentation, heatmap = mrml.nodes_for_volume(volume, p.segmentation, p.heatmap)
+        if segmentation is not p.segmentation:
+            p.segmentation = segmentation
+        if heatmap is not p.heatmap:
+            p.heatmap = heatmap
         state = self.labeling.prediction
         if volume is not None and (state is None or state.volume_id != volume.GetID()):
             if p.segmentation and p.heatmap and self.labeling.restore(volume, p.segmentation, p.heatmap, "[]",

@@ -326,6 +326,24 @@ def nodes_made_for(volume_node, class_name: str, scene=None) -> list:
     return found
 
 
+def nodes_for_volume(volume_node, segmentation_node=None, heatmap_node=None, scene=None) -> tuple:
+    """The segmentation and heatmap to show with ``volume_node``: the current ones when they were made for
+    it (or, for a segmentation, when the user chose one the panel did not make), else the newest the panel
+    made for it, else None; so that a pseudo-label never lands in another case's segmentation."""
+    chosen = []
+    for current, class_name, role in ((segmentation_node, "vtkMRMLSegmentationNode", None),
+                                      (heatmap_node, "vtkMRMLScalarVolumeNode", "heatmap")):
+        source = current.GetAttribute(SOURCE_VOLUME_ATTRIBUTE) if current else None
+        if volume_node is None or (current and source == volume_node.GetID()) or \
+                (current and source is None and role is None):
+            chosen.append(current)
+            continue
+        made = [n for n in nodes_made_for(volume_node, class_name, scene)
+                if role is None or n.GetAttribute(ROLE_ATTRIBUTE) == role]
+        chosen.append(made[-1] if made else None)
+    return tuple(chosen)
+
+
 # ------------------------------------------------------------------------------------------------
 # Label map <-> segmentation
 # ------------------------------------------------------------------------------------------------

@@ -457,3 +457,21 @@ def test_show_volume_sets_layers_and_fits_the_views(mrml_env, oblique_geometry):
         normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
         in_plane_offset = offset - normal * (offset @ normal)
         assert np.allclose(in_plane_offset, 0.0, atol=1e-6), slice_node.GetName()        # centred on it
+
+
+def test_nodes_for_volume_picks_the_nodes_made_for_it(mrml_env, oblique_geometry):
+    scene = mrml_env.scene
+    _image, first = _volume_node(oblique_geometry, scene, name="first")
+    _image, second = _volume_node(oblique_geometry, scene, name="second")
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:3, 1:3, 1:3] = 1
+    heat = np.ones(SHAPE, np.float32)
+    seg_first = mrml.labelmap_to_segmentation(label, first, CLASSES, scene=scene)
+    heat_first = mrml.show_heatmap(heat, first, scene=scene)
+    seg_second = mrml.labelmap_to_segmentation(label, second, CLASSES, scene=scene)
+    assert mrml.nodes_for_volume(first, seg_second, None, scene) == (seg_first, heat_first)
+    assert mrml.nodes_for_volume(second, seg_first, heat_first, scene) == (seg_second, None)
+    assert mrml.nodes_for_volume(first, seg_first, heat_first, scene) == (seg_first, heat_first)
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "the user's own")  # not made by the panel: kept
+    assert mrml.nodes_for_volume(second, chosen, None, scene) == (chosen, None)
+    assert mrml.nodes_for_volume(None, seg_first, None, scene) == (seg_first, None)
