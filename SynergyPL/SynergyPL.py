@@ -44,15 +44,14 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
 )
 from slicer.util import VTKObservationMixin  # noqa: E402
 from SynergyPLModuleLib import mrml  # noqa: E402
-from SynergyPLModuleLib import regions as flagged  # noqa: E402
+from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundRunner  # noqa: E402
+from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
-from SynergyPLModuleLib.server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
 from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
-from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, TaskRunner  # noqa: E402
 from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
-SETTINGS_PREFIX = "SynergyPL/"
+from SynergyPLLib.common import regions as flagged  # noqa: E402
 
 
 def _startupEnvironment() -> dict:
@@ -190,6 +189,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         labeling.busy_changed.connect(self._onBusyChanged)
         labeling.server_changed.connect(self._onServerChanged)
         labeling.case_changed.connect(self._onCaseChanged)
+        labeling.next_case_loaded.connect(self._onNextCaseLoaded)
         labeling.prediction_ready.connect(self._onPredictionReady)
         labeling.regions_changed.connect(self._onRegionsChanged)
         labeling.current_region_changed.connect(self._onCurrentRegionChanged)
@@ -228,8 +228,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "tasks", "grids", "regions", "mrml", "nrrdfile", "messages", "server",
-                     "server_process", "transfers", "logic", "selftest"):
+        for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
+                     "server_process", "transfers", "logic"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -308,16 +308,11 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Another volume was chosen: select the segmentation and heatmap made for it (or none), so that
         a pseudo-label never lands in another case's segmentation."""
         volume = p.inputVolume
-        for field, className in (("segmentation", "vtkMRMLSegmentationNode"), ("heatmap", "vtkMRMLScalarVolumeNode")):
-            current = getattr(p, field)
-            source = current.GetAttribute(mrml.SOURCE_VOLUME_ATTRIBUTE) if current else None
-            if volume is None or (current and source == volume.GetID()):
-                continue
-            if current and source is None and field == "segmentation":
-                continue  # a segmentation the user chose that the panel did not make: leave it
-            made = mrml.nodes_made_for(volume, className)
-            made = [n for n in made if field != "heatmap" or n.GetAttribute(mrml.ROLE_ATTRIBUTE) == "heatmap"]
-            setattr(p, field, made[-1] if made else None)
+        segmentation, heatmap = mrml.nodes_for_volume(volume, p.segmentation, p.heatmap)
+        if segmentation is not p.segmentation:
+            p.segmentation = segmentation
+        if heatmap is not p.heatmap:
+            p.heatmap = heatmap
         state = self.labeling.prediction
         if volume is not None and (state is None or state.volume_id != volume.GetID()):
             if p.segmentation and p.heatmap and self.labeling.restore(volume, p.segmentation, p.heatmap, "[]",
@@ -452,12 +447,12 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onNextCase(self) -> None:
         self._configureServer()
 
-        def loaded(volume, case) -> None:
-            self._parameterNode.inputVolume = volume
-            if case.get("prediction"):
-                self.onPseudoLabel()
+        self.labeling.next_case()
 
-        self.labeling.next_case(then=loaded)
+    def _onNextCaseLoaded(self, volume, case) -> None:
+        self._parameterNode.inputVolume = volume
+        if case.get("prediction"):
+            self.onPseudoLabel()
 
     def _onCaseChanged(self, volume, case_id) -> None:
         server = self.labeling.server
@@ -683,7 +678,7 @@ class SynergyPLLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        runner = TaskRunner()
+        runner = BackgroundRunner()
         # Volumes move in a helper process started by the GUI thread: fast despite Slicer's GIL.
         self.labeling = LabelingLogic(runner=runner, client_factory=panel_client_factory(runner))
 
@@ -743,13 +738,16 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Scene helpers passed")
 
     def test_labeling_loop(self) -> None:
-        from SynergyPLModuleLib.selftest import run_labeling_loop
-
         url, image = os.environ.get("SYNERGYPL_TEST_URL"), os.environ.get("SYNERGYPL_TEST_IMAGE")
-        if not url or not image:
-            self.delayDisplay("Labeling loop skipped: set SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
+        testing = Path(__file__).resolve().parent.parent / "Testing" / "slicer"  # the scenario is test code
+        if not url or not image or not (testing / "selftest.py").is_file():
+            self.delayDisplay("Labeling loop skipped: run the module from the source tree and set "
+                              "SYNERGYPL_TEST_URL and SYNERGYPL_TEST_IMAGE", 3000)
             return
-        logic = LabelingLogic(runner=TaskRunner())
+        if str(testing) not in sys.path:
+            sys.path.append(str(testing))
+        from selftest import run_labeling_loop
+        logic = LabelingLogic(runner=BackgroundRunner())
         logic.configure(url, os.environ.get("SYNERGYPL_TOKEN"), project=os.environ.get("SYNERGYPL_TEST_PROJECT"))
         volume = slicer.util.loadVolume(image)
 

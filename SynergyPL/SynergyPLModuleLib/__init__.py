@@ -1,11 +1,10 @@
 """The SynergyPL panel's code that does not need Qt (testable on slicer-core without the application).
 
 - :mod:`.mrml`: scene helpers (label map <-> segmentation, heatmap layer, centring, export).
-- :mod:`.regions`: flagged regions for a confidence threshold.
 - :mod:`.grids`: moving arrays between the server's and Slicer's voxel grids, exactly.
 - :mod:`.logic`: the labeling loop, driving the service's client and the scene.
 - :mod:`.messages`: server summary, training progress and error sentences shown in the panel.
-- :mod:`.tasks`: background work with results delivered on the GUI thread.
+- :mod:`.background`: background work with results delivered on the GUI thread.
 - :mod:`.signals`: a plain-Python signal for logic -> widget reporting.
-- :mod:`.server`: the command line of a local server.
+- :mod:`.local_server`: the command line of a local server (the service's own is SynergyPLLib/service/server.py).
 """

@@ -4,8 +4,8 @@
 action is split in three:
 
 1. on the GUI thread, read what is needed from the scene (write the volume or the label to a file);
-2. on a worker thread (:class:`~.tasks.TaskRunner`), talk to the server -- never MRML there;
-3. back on the GUI thread (``TaskRunner.poll``), put the results into the scene and emit signals.
+2. on a worker thread (:class:`~.background.BackgroundRunner`), talk to the server -- never MRML there;
+3. back on the GUI thread (``BackgroundRunner.poll``), put the results into the scene and emit signals.
 
 So the panel never waits for the network, every MRML change happens on the GUI thread, and every
 action ends with ``busy_changed(action, False)`` -- also after an error -- so buttons never stay
@@ -28,12 +28,16 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from SynergyPLLib.common.job_status import FINAL_STATES, JobStatus
+from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
+
 from . import grids, mrml, nrrdfile
+from .background import BackgroundCall, BackgroundRunner, CallCancelled, CallContext, CallHandle
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
     DICOM_UIDS_ATTRIBUTE,
     ServerInfo,
@@ -46,13 +50,10 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     describe_error,
     training_summary,
 )
-from .regions import Region, flag_regions, keep_reviewed
 from .signals import Signal
-from .tasks import Task, TaskCancelled, TaskContext, TaskHandle, TaskRunner
 
 _log = logging.getLogger(__name__)
 
-FINAL_JOB_STATES = ("done", "failed", "cancelled", "interrupted")
 CASE_GRID_ATTRIBUTE = "SynergyPL.CaseGrid"
 HAS_DICOM_ATTRIBUTE = "SynergyPL.CaseHasDicom"
 EXPORT_FORMATS = {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz", "dicom-seg": ".dcm"}
@@ -73,6 +74,7 @@ class PredictionState:
     server_regions: list[Region]
     server_threshold: float | None
     segmentation_id: str | None = None  # where the regions and their reviewed ticks are saved
+    region_params: RegionParams = field(default_factory=RegionParams)  # the server's (its threshold too)
 
 
 class LabelingLogic:
@@ -84,11 +86,11 @@ class LabelingLogic:
     (default: the Slicer application's).
     """
 
-    def __init__(self, runner: TaskRunner | None = None, scene=None,
+    def __init__(self, runner: BackgroundRunner | None = None, scene=None,
                  client_factory: Callable | None = None, work_dir: str | os.PathLike | None = None,
                  dicom_files: Callable = default_dicom_files, poll_seconds: float = 1.0,
                  slice_logics: Callable = default_slice_logics) -> None:
-        self.runner = runner or TaskRunner()
+        self.runner = runner or BackgroundRunner()
         self._scene = scene
         self.client_factory = client_factory or (lambda url, token, timeout: _client_module().SynergyPLClient(
             url, token=token, timeout=timeout))
@@ -106,13 +108,14 @@ class LabelingLogic:
         self.server: ServerInfo | None = None
         self.model_version: int | None = None
         self.threshold = 0.5
-        self.min_region_voxels = 5
-        self.max_regions = 50
+        # None: the server's (the prediction's region_params); a number overrides it
+        self.min_region_voxels: int | None = None
+        self.max_regions: int | None = None
         self.prediction: PredictionState | None = None
         self.regions: list[Region] = []
         self.regions_threshold: float | None = None  # the threshold self.regions were found with
         self.current_region = -1
-        self._handles: dict[str, TaskHandle] = {}
+        self._handles: dict[str, CallHandle] = {}
         self._sequence = 0
         self._restored_classes: list[mrml.SegmentClass] = []
         self._scene_generation = 0  # +1 each time the scene is closed
@@ -132,6 +135,8 @@ class LabelingLogic:
         self.training_finished = Signal("training_finished")  # (job dict)
         self.model_version_changed = Signal("model_version_changed")  # (int | None)
         self.exported = Signal("exported")                  # (Path)
+        self.next_case_loaded = Signal("next_case_loaded")  # (volume_node, case dict)
+        self.label_loaded = Signal("label_loaded")          # (segmentation_node) of load_label_version
         self._observe_scene_close()
 
     # ------------------------------------------------------------------------------------------
@@ -183,14 +188,14 @@ class LabelingLogic:
             return bool(self._handles)
         return action in self._handles
 
-    def _start(self, action: str, work: Callable[[TaskContext], object], on_done: Callable | None = None,
-               on_progress: Callable | None = None, on_error: Callable | None = None) -> TaskHandle | None:
+    def _start(self, action: str, work: Callable[[CallContext], object], on_done: Callable | None = None,
+               on_progress: Callable | None = None, on_error: Callable | None = None) -> CallHandle | None:
         """Run ``work`` off the GUI thread as ``action``; one task per action at a time."""
         if action in self._handles:
             self.status.emit(f"{action.replace('_', ' ').capitalize()} is already running.")
             return None
 
-        handle: TaskHandle | None = None
+        handle: CallHandle | None = None
         generation = self._scene_generation
 
         def scene_closed() -> bool:
@@ -217,7 +222,7 @@ class LabelingLogic:
 
         def failed(exc: BaseException) -> None:
             release()
-            if isinstance(exc, TaskCancelled):
+            if isinstance(exc, CallCancelled):
                 self.status.emit(f"{action.replace('_', ' ').capitalize()} cancelled.")
                 return
             if scene_closed():
@@ -232,7 +237,7 @@ class LabelingLogic:
             if action not in self._handles:
                 self.busy_changed.emit(action, False)
 
-        handle = self.runner.submit(Task(action, work, on_done=done, on_error=failed,
+        handle = self.runner.submit(BackgroundCall(action, work, on_done=done, on_error=failed,
                                          on_progress=on_progress, on_finally=finished))
         self._handles[action] = handle
         self.busy_changed.emit(action, True)
@@ -267,18 +272,21 @@ class LabelingLogic:
     # ------------------------------------------------------------------------------------------
     # Server
     # ------------------------------------------------------------------------------------------
-    def check_connection(self, then: Callable[[ServerInfo], None] | None = None) -> None:
+    def check_connection(self) -> None:
         """Ask the server for its project, classes, device and active model (``server_changed``)."""
+        self._connect()
+
+    def _connect(self, after: Callable[[ServerInfo], None] | None = None) -> None:
         url = self.url
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=min(self.timeout, 15.0)).info()
 
         def done(info: dict) -> None:
             self._apply_info(url, info)
             self.status.emit(f"Connected: {self.server.summary()}.")
-            if then is not None:
-                then(self.server)
+            if after is not None:
+                after(self.server)
 
         self._start("connect", work, done)
 
@@ -299,13 +307,17 @@ class LabelingLogic:
         if self.server is not None and self.server.url == self.url:
             then(self.server)
         else:
-            self.check_connection(then)
+            self._connect(then)
 
     # ------------------------------------------------------------------------------------------
     # Case
     # ------------------------------------------------------------------------------------------
-    def upload(self, volume_node, then: Callable[[str], None] | None = None, force: bool = False) -> None:
-        """Upload the volume once as a case (its id is remembered on the node), then ``then(case_id)``."""
+    def upload(self, volume_node, force: bool = False) -> None:
+        """Upload the volume once as a case (its id is remembered on the node); ``case_changed`` reports it."""
+        self._upload(volume_node, None, force)
+
+    def _upload(self, volume_node, then: Callable[[str], None] | None = None, force: bool = False) -> None:
+        """:meth:`upload`, then ``then(case_id)`` (the next step of a workflow that needs the case)."""
         if volume_node is None:
             self._fail("upload", "Select a volume first.")
             return
@@ -343,7 +355,7 @@ class LabelingLogic:
         client_module = _client_module()
         self.status.emit(f"Uploading {name}…")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             path = payload
             if voxels is not None:
                 nrrdfile.write_nrrd(payload, voxels, matrix)
@@ -401,10 +413,10 @@ class LabelingLogic:
             pass
         volume_node.SetAttribute(HAS_DICOM_ATTRIBUTE, "1" if case.get("has_dicom") else "0")
 
-    def next_case(self, then: Callable | None = None) -> None:
-        """Fetch the case the model is least sure about, load it (and its prediction if it has one)."""
+    def next_case(self) -> None:
+        """Fetch the case the model is least sure about and load it: ``next_case_loaded(volume, case)``."""
         def with_server(server: ServerInfo) -> None:
-            def work(ctx: TaskContext):
+            def work(ctx: CallContext):
                 return self._client().next_case(predict=True)
 
             def done(answer: dict) -> None:
@@ -414,39 +426,37 @@ class LabelingLogic:
                 if existing is not None:
                     self._remember_case(existing, case, server)
                     mrml.show_volume(existing, self.slice_logics(), self.scene)
-                    self._case_loaded(existing, case, then)
+                    self._case_loaded(existing, case)
                 else:
-                    self._download_case(case, server, then)
+                    self._download_case(case, server)
 
             self._start("next_case", work, done)
 
         self._with_server("next_case", with_server)
 
-    def _download_case(self, case: dict, server: ServerInfo, then) -> None:
+    def _download_case(self, case: dict, server: ServerInfo) -> None:
         target = self._temp_path(f"{_safe_name(case['id'])}.nrrd")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=self.upload_timeout).download_image(case["id"], target)
 
         def done(path: Path) -> None:
             node = mrml.read_volume_file(path, name=case["id"], scene=self.scene)
             self._remember_case(node, case, server)
             mrml.show_volume(node, self.slice_logics(), self.scene)
-            self._case_loaded(node, case, then)
+            self._case_loaded(node, case)
 
         self._start("next_case", work, done)
 
-    def _case_loaded(self, volume_node, case: dict, then) -> None:
+    def _case_loaded(self, volume_node, case: dict) -> None:
         self.case_changed.emit(volume_node, case["id"])
-        if then is not None:
-            then(volume_node, case)
+        self.next_case_loaded.emit(volume_node, case)
 
     # ------------------------------------------------------------------------------------------
     # Pseudo-label
     # ------------------------------------------------------------------------------------------
     def pseudo_label(self, volume_node, segmentation_node=None, heatmap_node=None, *, opacity: float = 0.5,
-                     show_heatmap: bool = True, reuse_existing: bool = True,
-                     then: Callable | None = None) -> None:
+                     show_heatmap: bool = True, reuse_existing: bool = True) -> None:
         """Predict the volume with the current model; fill the segmentation and the heatmap.
 
         Uploads the volume first if needed. With ``reuse_existing`` a prediction the server already has
@@ -458,27 +468,27 @@ class LabelingLogic:
 
         def with_case(case_id: str) -> None:
             self._predict_case(volume_node, case_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                               reuse_existing, then, retried=False)
+                               reuse_existing, retried=False)
 
-        self.upload(volume_node, with_case)
+        self._upload(volume_node, with_case)
 
     def _predict_case(self, volume_node, case_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                      reuse_existing, then, retried) -> None:
+                      reuse_existing, retried) -> None:
         model_version = self.model_version
         label_path = self._temp_path("label.nrrd")
         heatmap_path = label_path.with_name("heatmap.nrrd")
         client_module = _client_module()
         self.status.emit(f"Pseudo-labelling case {case_id}…")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             case = client.get_case(case_id)
             brief = case.get("prediction")
             if not (reuse_existing and brief and (model_version is None or brief.get("model_version") == model_version)):
                 job = client.predict(case_id, model_version=model_version)
-                ctx.report({"status": "queued", "text": f"prediction job {job['id']} queued"})
+                ctx.report({"status": JobStatus.QUEUED.value, "text": f"prediction job {job['id']} queued"})
                 job = self._follow_job(client, job, ctx)
-                if job["status"] != "done":
+                if job["status"] != JobStatus.DONE:
                     raise client_module.JobFailedError(job)
             ctx.check_cancelled()
             document = client.prediction(case_id)
@@ -499,27 +509,25 @@ class LabelingLogic:
             version = document.get("model_version")
             found = "finding the flagged regions…" if self.is_busy("regions") else f"{len(self.regions)} flagged regions."
             self.status.emit(f"Pseudo-label of case {case_id} by model v{version}: {found}")
-            if then is not None:
-                then(segmentation, heatmap)
 
         def failed(exc: BaseException) -> bool:
             if isinstance(exc, client_module.NotFoundError) and "case" in str(exc.message).lower() and not retried:
                 # The server forgot the case (new project folder, deleted): upload again, once.
                 volume_node.RemoveAttribute(mrml.CASE_ID_ATTRIBUTE)
                 self.status.emit(f"The server no longer has case {case_id}; uploading the volume again.")
-                self.upload(volume_node, lambda new_id: self._predict_case(
+                self._upload(volume_node, lambda new_id: self._predict_case(
                     volume_node, new_id, segmentation_node, heatmap_node, opacity, show_heatmap,
-                    reuse_existing, then, retried=True))
+                    reuse_existing, retried=True))
                 return True
             return False
 
         self._start("predict", work, done, progress, failed)
 
-    def _follow_job(self, client, job: dict, ctx: TaskContext, report_progress: bool = True,
+    def _follow_job(self, client, job: dict, ctx: CallContext, report_progress: bool = True,
                     cancel_grace: float = 120.0) -> dict:
         """Long-poll a job until it is final (worker thread); cancelling asks the server to stop it."""
         cancel_sent_at = None
-        while job["status"] not in FINAL_JOB_STATES:
+        while job["status"] not in FINAL_STATES:
             if ctx.cancelled and cancel_sent_at is None:
                 cancel_sent_at = time.monotonic()
                 try:
@@ -528,14 +536,14 @@ class LabelingLogic:
                     pass  # it finished meanwhile
                 continue
             if cancel_sent_at is not None and time.monotonic() - cancel_sent_at > cancel_grace:
-                raise TaskCancelled(f"job {job['id']} did not stop within {cancel_grace:.0f} s")
+                raise CallCancelled(f"job {job['id']} did not stop within {cancel_grace:.0f} s")
             if report_progress:
                 ctx.report(job)
             job = client.job(job["id"], wait=self.poll_seconds, since=job.get("updated_at"))
         if report_progress:
             ctx.report(job)
-        if cancel_sent_at is not None and job["status"] == "cancelled":
-            raise TaskCancelled("cancelled")
+        if cancel_sent_at is not None and job["status"] == JobStatus.CANCELLED:
+            raise CallCancelled("cancelled")
         return job
 
     def _read_on_volume_grid(self, path: Path, volume_node, labelmap: bool) -> np.ndarray:
@@ -574,7 +582,7 @@ class LabelingLogic:
         self.prediction = PredictionState(case["id"], volume_node.GetID(), label, heatmap,
                                           mrml.ijk_to_ras(volume_node), document.get("model_version"),
                                           server_regions, _float(document.get("flag_threshold")),
-                                          segmentation.GetID())
+                                          segmentation.GetID(), RegionParams.from_dict(document.get("region_params")))
         self.regions = []
         self.regions_threshold = None
         self.set_threshold(self.threshold, force=True)
@@ -594,8 +602,8 @@ class LabelingLogic:
             heatmap = mrml.array_ijk(heatmap_node).astype(np.float32)
             if heatmap.shape != label.shape:
                 return False
-            saved, saved_threshold = _saved_regions(segmentation_node, regions_json,
-                                                    self.threshold if threshold is None else float(threshold))
+            saved, saved_threshold, saved_params = _saved_regions(
+                segmentation_node, regions_json, self.threshold if threshold is None else float(threshold))
         except Exception as exc:  # any scene, any Slicer: the panel must open without the prediction
             _log.info("could not restore the prediction from the scene: %s", exc)
             return False
@@ -608,7 +616,8 @@ class LabelingLogic:
         self.prediction = PredictionState(
             segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
             mrml.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
-            [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID())
+            [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID(),
+            saved_params)
         self.regions = saved
         self.regions_threshold = saved_threshold
         self.current_region = -1
@@ -663,19 +672,26 @@ class LabelingLogic:
         state = self.prediction
         if state is None or self.is_busy("regions"):
             return  # the running task starts the next one when it ends (see done)
-        wanted = (self.threshold, self.min_region_voxels, self.max_regions)
+        wanted = self.region_params()
         names = self.class_names()
 
-        def work(ctx: TaskContext) -> list[Region]:
-            return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, *wanted)
+        def work(ctx: CallContext) -> list[Region]:
+            return flag_regions(state.heatmap, state.label, state.ijk_to_ras, names, wanted)
 
         def done(fresh: list[Region]) -> None:
-            if self.prediction is state and (self.threshold, self.min_region_voxels, self.max_regions) == wanted:
-                self._set_regions(fresh, wanted[0])
+            if self.prediction is state and self.region_params() == wanted:
+                self._set_regions(fresh, wanted.threshold)
             elif self.prediction is not None and not self._regions_are_current():
                 self.set_threshold(self.threshold, force=True)  # the slider moved, or another prediction came
 
         self._start("regions", work, done)
+
+    def region_params(self) -> RegionParams:
+        """What the regions of the current threshold are found with: the prediction's minimum size and
+        maximum count (sent by the server; ``min_region_voxels`` / ``max_regions`` override them)."""
+        params = self.prediction.region_params if self.prediction is not None else RegionParams()
+        return RegionParams.from_dict(params.to_dict(), threshold=self.threshold,
+                                      min_voxels=self.min_region_voxels, max_regions=self.max_regions)
 
     def _regions_are_current(self) -> bool:
         """The shown regions are for the current threshold (e.g. the server's arrived meanwhile)."""
@@ -695,7 +711,8 @@ class LabelingLogic:
         node = self.scene.GetNodeByID(state.segmentation_id) if state is not None and state.segmentation_id else None
         if node is not None:
             node.SetAttribute(mrml.REGIONS_ATTRIBUTE, json.dumps(
-                {"threshold": self.regions_threshold, "regions": [r.to_dict() for r in self.regions]}))
+                {"threshold": self.regions_threshold, "region_params": state.region_params.to_dict(),
+                 "regions": [r.to_dict() for r in self.regions]}))
 
     def _server_regions_fit(self, state: PredictionState) -> bool:
         """The server's voxel indices are usable only when its grid is the volume's grid."""
@@ -733,8 +750,8 @@ class LabelingLogic:
     # Submit
     # ------------------------------------------------------------------------------------------
     def submit(self, volume_node, segmentation_node, author: str | None = None,
-               parent_version: int | None = None, then: Callable | None = None) -> None:
-        """Send the segmentation as a new label version of the volume's case.
+               parent_version: int | None = None) -> None:
+        """Send the segmentation as a new label version of the volume's case (``submitted``).
 
         ``parent_version`` (default: the version the segmentation started from) lets the server detect
         that someone else submitted meanwhile: then ``conflict`` is emitted and nothing changes here.
@@ -760,7 +777,7 @@ class LabelingLogic:
             if skipped:
                 self.status.emit(f"Not submitted (not project classes): {', '.join(skipped)}.")
 
-            def work(ctx: TaskContext):
+            def work(ctx: CallContext):
                 nrrdfile.write_nrrd(path, to_case_grid(label), case_matrix)
                 ctx.check_cancelled()
                 return self._client(timeout=self.upload_timeout).submit_label(
@@ -771,8 +788,6 @@ class LabelingLogic:
                 segmentation_node.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
                 self.status.emit(f"Submitted label version {version['version']} of case {case_id} as {author}.")
                 self.submitted.emit(version)
-                if then is not None:
-                    then(version)
 
             def failed(exc: BaseException) -> bool:
                 if isinstance(exc, _client_module().ConflictError):
@@ -790,7 +805,7 @@ class LabelingLogic:
             self.status.emit(f"Submitting the label of case {case_id}…")
             self._start("submit", work, done, on_error=failed)
 
-        self.upload(volume_node, with_case)
+        self._upload(volume_node, with_case)
 
     def _case_grid_mapper(self, volume_node, shape) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
         """``(mapper, ijk_to_ras)``: how an array on the volume's grid moves onto the case's grid (the
@@ -802,12 +817,12 @@ class LabelingLogic:
         matrix, case_shape = grids.grid_from_json(text)
         return grids.array_mapper(mrml.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
 
-    def load_label_version(self, volume_node, case_id: str, version: int | str = "latest",
-                           then: Callable | None = None) -> None:
-        """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict)."""
+    def load_label_version(self, volume_node, case_id: str, version: int | str = "latest") -> None:
+        """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict):
+        ``label_loaded(segmentation)``."""
         target = self._temp_path(f"{_safe_name(case_id)}-v{version}.nrrd")
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             client.download_label(case_id, version, target)
             return client.list_labels(case_id)
@@ -822,19 +837,18 @@ class LabelingLogic:
             segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
             segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
             self.status.emit(f"Loaded {name}.")
-            if then is not None:
-                then(segmentation)
+            self.label_loaded.emit(segmentation)
 
         self._start("load_label", work, done)
 
     # ------------------------------------------------------------------------------------------
     # Retrain
     # ------------------------------------------------------------------------------------------
-    def retrain(self, iterations: int | None = None, then: Callable | None = None) -> None:
+    def retrain(self, iterations: int | None = None) -> None:
         """Start a training round (or follow the one already running); progress via ``training_progress``."""
         client_module = _client_module()
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             client = self._client()
             try:
                 job = client.train(iterations=iterations or None)
@@ -845,7 +859,7 @@ class LabelingLogic:
                 job = running
                 ctx.report({"note": f"A training round is already running (job {job['id']}); following it."})
             job = self._follow_job(client, job, ctx)
-            if job["status"] != "done":
+            if job["status"] != JobStatus.DONE:
                 raise client_module.JobFailedError(job)
             return job, client.info()
 
@@ -864,8 +878,6 @@ class LabelingLogic:
                 self.model_version_changed.emit(self.model_version)
             self.status.emit(f"Training round finished: {training_summary(job)}. Pseudo-label now uses it.")
             self.training_finished.emit(job)
-            if then is not None:
-                then(job)
 
         self.status.emit("Starting a training round…")
         self._start("train", work, done, progress)
@@ -876,10 +888,10 @@ class LabelingLogic:
     # ------------------------------------------------------------------------------------------
     # Export
     # ------------------------------------------------------------------------------------------
-    def export(self, volume_node, segmentation_node, fmt: str, folder: str | os.PathLike,
-               then: Callable | None = None) -> Path | None:
+    def export(self, volume_node, segmentation_node, fmt: str, folder: str | os.PathLike) -> Path | None:
         """Write the segmentation as ``seg.nrrd`` or ``nifti`` (here, with Slicer's writers), or fetch the
-        submitted label version as ``dicom-seg`` from the server (only for cases uploaded from DICOM)."""
+        submitted label version as ``dicom-seg`` from the server (only for cases uploaded from DICOM);
+        ``exported(path)`` reports the file written."""
         if fmt not in EXPORT_FORMATS:
             self._fail("export", f"Unknown export format {fmt!r}.")
             return None
@@ -899,8 +911,6 @@ class LabelingLogic:
                 return None
             self.status.emit(f"Exported {path}.")
             self.exported.emit(path)
-            if then is not None:
-                then(path)
             return path
         if not case:
             self._fail("export", "DICOM SEG is made by the server: upload the volume and submit a label first.")
@@ -915,14 +925,12 @@ class LabelingLogic:
             self._fail("export", "Submit the segmentation first: DICOM SEG is made from a submitted label version.")
             return None
 
-        def work(ctx: TaskContext):
+        def work(ctx: CallContext):
             return self._client(timeout=self.upload_timeout).export(case, "dicom-seg", version=version, path=target)
 
         def done(path: Path) -> None:
             self.status.emit(f"Exported DICOM SEG of label version {version}: {path}.")
             self.exported.emit(Path(path))
-            if then is not None:
-                then(Path(path))
 
         self._start("export", work, done)
         return target
@@ -936,19 +944,21 @@ class LabelingLogic:
         return out
 
 
-def _saved_regions(segmentation_node, regions_json: str | None, threshold: float) -> tuple[list[Region], float | None]:
-    """The regions saved for a prediction and the threshold they are for: the segmentation's
-    ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``); ``([], None)``
-    when nothing was saved (then they are recomputed)."""
+def _saved_regions(segmentation_node, regions_json: str | None,
+                   threshold: float) -> tuple[list[Region], float | None, RegionParams]:
+    """The regions saved for a prediction, the threshold they are for and the server's region parameters:
+    the segmentation's ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``);
+    ``([], None, defaults)`` when nothing was saved (then they are recomputed)."""
     text = segmentation_node.GetAttribute(mrml.REGIONS_ATTRIBUTE)
     if text:
         saved = json.loads(text)
         found = _float(saved.get("threshold"))
-        return [Region.from_dict(entry) for entry in saved.get("regions") or []], found
+        params = RegionParams.from_dict(saved.get("region_params"))
+        return [Region.from_dict(entry) for entry in saved.get("regions") or []], found, params
     entries = json.loads(regions_json or "[]")
     if not entries:
-        return [], None
-    return [Region.from_dict(entry) for entry in entries], float(threshold)
+        return [], None, RegionParams()
+    return [Region.from_dict(entry) for entry in entries], float(threshold), RegionParams()
 
 
 def _safe_name(name: str) -> str:

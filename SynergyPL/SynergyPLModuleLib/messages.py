@@ -8,8 +8,10 @@ import getpass
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from SynergyPLLib.common.job_status import JobStatus
+
 from . import grids, mrml
-from .tasks import TaskCancelled
+from .background import CallCancelled
 
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM module on volumes it loaded
 
@@ -45,7 +47,7 @@ def describe_error(exc: BaseException) -> str:
         return f"The server refused the request: {exc.message}"
     if isinstance(exc, (grids.GridMismatch, mrml.SceneError)):
         return str(exc)
-    if isinstance(exc, TaskCancelled):
+    if isinstance(exc, CallCancelled):
         return "Cancelled."
     return f"{type(exc).__name__}: {exc}"
 
@@ -108,7 +110,7 @@ class TrainingProgress:
             parts.append(f"loss {self.loss:.4f}")
         if self.val_dice is not None:
             parts.append(f"validation Dice {self.val_dice:.3f}")
-        if self.eta_seconds is not None and self.status == "running":
+        if self.eta_seconds is not None and self.status == JobStatus.RUNNING:
             parts.append(f"ETA {_duration(self.eta_seconds)}")
         return ", ".join(parts)
 

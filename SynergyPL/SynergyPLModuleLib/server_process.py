@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from .server import INSTALL_HINT
+from .local_server import INSTALL_HINT
 from .signals import Signal
 
 STOPPED, STARTING, RUNNING, FAILED = "stopped", "starting", "running", "failed"

@@ -2,7 +2,7 @@
 
 The logic emits; the widget connects slots. Emission is synchronous, on the thread that emits, and the
 logic only emits from the GUI thread (results of background work arrive through
-:class:`~SynergyPLModuleLib.tasks.TaskRunner.poll`, which runs on the GUI thread), so slots may touch
+:class:`~SynergyPLModuleLib.background.BackgroundRunner.poll`, which runs on the GUI thread), so slots may touch
 Qt widgets and MRML nodes.
 """
 

@@ -2,7 +2,7 @@
 
 :func:`panel_client_factory` gives :class:`~SynergyPLModuleLib.logic.LabelingLogic` clients whose file
 uploads and downloads run in a helper process (:mod:`SynergyPLLib.client.helper`) that the
-:class:`~SynergyPLModuleLib.tasks.TaskRunner`'s :class:`~SynergyPLModuleLib.tasks.ProcessLauncher`
+:class:`~SynergyPLModuleLib.background.BackgroundRunner`'s :class:`~SynergyPLModuleLib.background.ProcessLauncher`
 starts and reaps on the GUI thread. So a 150 MB CT moves as fast as from a plain Python process even
 though Slicer's GUI thread gives worker threads the GIL only at its timer ticks
 (Testing/client/test_transfer_speed.py measures it).
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .tasks import TaskRunner
+from .background import BackgroundRunner
 
 
-def panel_client_factory(runner: TaskRunner) -> Callable:
+def panel_client_factory(runner: BackgroundRunner) -> Callable:
     """``client_factory(url, token, timeout)`` for LabelingLogic, transferring through ``runner``."""
 
     def make(url: str, token: str | None = None, timeout: float = 60.0):

@@ -11,7 +11,7 @@ at full speed and the asking thread only waits, without the GIL, for the process
 - The helper imports what it needs first, then reads the transfer's spec (JSON, with the token: never
   on the command line) from stdin; so a launcher may start it ahead of time and only hand it the spec.
 - A launcher runs the helper: ``launcher.run(argv, env, spec) -> (exit code, stdout bytes)``. The
-  panel's launcher (:class:`SynergyPLModuleLib.tasks.ProcessLauncher`) starts, feeds and reaps it on the
+  panel's launcher (:class:`SynergyPLModuleLib.background.ProcessLauncher`) starts, feeds and reaps it on the
   GUI thread and keeps one started ahead; :class:`SubprocessLauncher` runs it in the calling thread.
 - The helper prints one JSON line: the reply (status, headers, body) or the error, which is raised
   again in the caller as the same :mod:`.errors` type.

@@ -20,13 +20,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from ..common.regions import Region, RegionParams
+from ..common.regions import flag_regions as common_flag_regions
 from .config import EngineConfig, check_axcodes
 from .data import Preprocessor
 from .io import Volume
@@ -34,22 +35,7 @@ from .model import default_device, load_checkpoint, network_from_checkpoint
 from .sliding_window import WindowPredictor
 from .synergy import confidence_bar, confidence_score
 
-
-@dataclass
-class FlaggedRegion:
-    rank: int
-    voxel_count: int
-    volume_ml: float
-    bbox_ijk: list[list[int]]  # [[i0, j0, k0], [i1, j1, k1]], inclusive
-    centroid_ijk: list[float]
-    centroid_lps: list[float]
-    centroid_ras: list[float]
-    mean_confidence: float
-    classes: list[str]
-    score: float  # sum of (1 - confidence): the expected number of wrong voxels
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+FlaggedRegion = Region  # the engine's name for the one definition in SynergyPLLib.common.regions
 
 
 @dataclass
@@ -59,6 +45,7 @@ class Prediction:
     heatmap: Volume | None = None
     region_map: Volume | None = None
     regions: list[FlaggedRegion] = field(default_factory=list)
+    region_params: RegionParams | None = None  # what the regions were flagged with
     seconds: float = 0.0
     model_info: dict = field(default_factory=dict)
 
@@ -121,41 +108,17 @@ def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str,
 
 
 def flag_regions(heatmap: Volume, label: Volume, classes: list[str], threshold: float = 0.5,
-                 min_voxels: int = 5, max_regions: int = 50,
-                 view_labels: list[np.ndarray] | None = None) -> list[FlaggedRegion]:
-    """Connected low-confidence components, ranked by ``sum(1 - heatmap)``; geometry from ``heatmap``."""
-    h = np.asarray(heatmap.array, dtype=np.float32)
-    low = h < threshold
-    comps, n = ndimage.label(low, structure=np.ones((3, 3, 3), bool))
-    if n == 0:
-        return []
-    idx = np.arange(1, n + 1)
-    counts = ndimage.sum_labels(np.ones_like(h), comps, idx)
-    doubt = ndimage.sum_labels(1.0 - h, comps, idx)
-    keep = [i for i in np.argsort(-doubt, kind="stable") if counts[i] >= min_voxels][:max_regions]
-    boxes = ndimage.find_objects(comps)
-    voxel_ml = float(np.prod(heatmap.spacing)) / 1000.0
-    lab = np.asarray(label.array)
-    out = []
-    for rank, i in enumerate(keep, start=1):
-        box = boxes[i]
-        mask = comps[box] == i + 1
-        ijk = np.argwhere(mask) + np.array([s.start for s in box])
-        centroid = ijk.mean(0)
-        hom = np.append(centroid, 1.0)
-        present = set(np.unique(lab[box][mask]).tolist())
-        for v in view_labels or []:
-            present |= set(np.unique(v[box][mask]).tolist())
-        out.append(FlaggedRegion(
-            rank=rank, voxel_count=int(counts[i]), volume_ml=round(float(counts[i]) * voxel_ml, 6),
-            bbox_ijk=[[s.start for s in box], [s.stop - 1 for s in box]],
-            centroid_ijk=[round(float(v), 3) for v in centroid],
-            centroid_lps=[round(float(v), 3) for v in (heatmap.ijk_to_lps @ hom)[:3]],
-            centroid_ras=[round(float(v), 3) for v in (heatmap.ijk_to_ras @ hom)[:3]],
-            mean_confidence=round(float(1.0 - doubt[i] / counts[i]), 4),
-            classes=[classes[c] for c in sorted(present) if c < len(classes)],
-            score=round(float(doubt[i]), 3)))
-    return out
+                 min_voxels: int = 5, max_regions: int = 50) -> list[FlaggedRegion]:
+    """:func:`SynergyPLLib.common.regions.flag_regions` on volumes; geometry from ``heatmap``."""
+    return common_flag_regions(heatmap.array, label.array, heatmap.ijk_to_ras, classes,
+                               RegionParams(float(threshold), int(min_voxels), int(max_regions)))
+
+
+def region_params(config: EngineConfig, threshold: float | None = None) -> RegionParams:
+    """The project's region parameters (``inference``), with ``threshold`` instead of its own if given."""
+    inf = config.inference
+    return RegionParams(float(inf.flag_threshold if threshold is None else threshold),
+                        int(inf.min_region_voxels), int(inf.max_regions))
 
 
 class OrientationWarning(UserWarning):
@@ -239,16 +202,15 @@ class Predictor:
         label = image.with_array(class_map(probs).numpy().astype(np.uint8))
         pred = Prediction(label=label, probabilities=probs.numpy(), model_info=dict(self.info))
         if heatmap:
-            inf, tc = self.config.inference, self.config.train
+            tc = self.config.train
             views = [self.pre.invert(v, x) for v in self.mixed_views(x)]
             heat = synergy_heatmap(probs, views).numpy().astype(np.float32)
             codes = region_codes(probs, views, tc.confidence_mode,
                                  confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold))
             pred.heatmap = image.with_array(heat)
             pred.region_map = image.with_array(codes.numpy())
-            pred.regions = flag_regions(pred.heatmap, label, self.classes,
-                                        inf.flag_threshold if flag_threshold is None else flag_threshold,
-                                        inf.min_region_voxels, inf.max_regions,
-                                        [class_map(v).numpy() for v in views])
+            params = region_params(self.config, flag_threshold)
+            pred.regions = flag_regions(pred.heatmap, label, self.classes, *astuple(params))
+            pred.region_params = params
         pred.seconds = time.perf_counter() - start
         return pred

@@ -84,6 +84,7 @@ def write_prediction(pred: Prediction, image: Volume, input_path: Path, out_dir:
         del paths["heatmap"], paths["region_map"]
     paths["regions"].write_text(json.dumps({"classes": classes, "model": pred.model_info,
                                             "flag_threshold": flag_threshold,
+                                            "region_params": pred.region_params.to_dict() if pred.region_params else None,
                                             "regions": [r.to_dict() for r in pred.regions]}, indent=2))
     render_overlay(image, pred, paths["png"], classes, flag_threshold=flag_threshold,
                    title=Path(input_path).name)

@@ -1,5 +1,5 @@
 """Volume transfers in a helper process (SynergyPLLib.client.helper), as the panel runs them: started,
-fed and reaped by the TaskRunner's ProcessLauncher on the polling thread, against a real server.
+fed and reaped by the BackgroundRunner's ProcessLauncher on the polling thread, against a real server.
 
 Portable: runs on Python 3.9 and 3.12 with numpy + pytest (``make test-pythons``); the server runs in
 the service's Python.
@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from SynergyPLModuleLib.tasks import ProcessLauncher, Task, TaskRunner
+from SynergyPLModuleLib.background import BackgroundCall, BackgroundRunner, ProcessLauncher
 from SynergyPLModuleLib.transfers import panel_client_factory
 
 from SynergyPLLib import client as client_module
@@ -29,7 +29,7 @@ TOKEN = "helper-test-token"
 def served(server_python, small_project, tmp_path_factory):
     """A real server that wants the token from every client (also on loopback)."""
     from serve_support import quiet_env, wait_healthy
-    from SynergyPLModuleLib.server import free_port
+    from SynergyPLModuleLib.local_server import free_port
 
     port = free_port(0)
     log = tmp_path_factory.mktemp("helper") / "server.log"
@@ -48,8 +48,8 @@ def served(server_python, small_project, tmp_path_factory):
         proc.wait(30)
 
 
-def _through_runner(runner: TaskRunner, work):
-    handle = runner.submit(Task("transfer", work))
+def _through_runner(runner: BackgroundRunner, work):
+    handle = runner.submit(BackgroundCall("transfer", work))
     assert runner.wait(handle, timeout=120)
     if handle.error is not None:
         raise handle.error
@@ -60,7 +60,7 @@ def test_upload_and_downloads_run_in_the_helper_and_match_the_plain_client(serve
     plain = SynergyPLClient(served, token=TOKEN)
     case_id = plain.list_cases()[0]["id"]
     expected = plain.download_image(case_id)
-    runner = TaskRunner()
+    runner = BackgroundRunner()
     make = panel_client_factory(runner)
     started = []
     original = runner.processes._spawn
@@ -90,7 +90,7 @@ def test_upload_and_downloads_run_in_the_helper_and_match_the_plain_client(serve
 
 
 def test_errors_from_the_helper_keep_their_type(served, tmp_path):
-    runner = TaskRunner()
+    runner = BackgroundRunner()
     make = panel_client_factory(runner)
     try:
         with pytest.raises(client_module.NotFoundError, match="no-such-case"):

@@ -3,7 +3,7 @@
 
 **The emulation of Slicer's GUI thread.** In Slicer, PythonQt keeps the GIL on the GUI thread; the GUI
 thread gives it up only while it runs Python bytecode, i.e. in the panel's QTimer slot
-(``TaskRunner.poll`` every ``POLL_INTERVAL_MS``) -- an idle panel runs no other Python. So a worker
+(``BackgroundRunner.poll`` every ``POLL_INTERVAL_MS``) -- an idle panel runs no other Python. So a worker
 thread gets the GIL once per tick, and each blocking call it makes (every socket send/recv, every file
 read) costs it a tick. :func:`starved_gui_loop` reproduces exactly that: the main thread sleeps
 *inside C while holding the GIL* (``usleep`` called through ``ctypes.PyDLL``, which does not release
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
-from SynergyPLModuleLib.tasks import POLL_INTERVAL_MS, Task, TaskRunner
+from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundCall, BackgroundRunner
 from SynergyPLModuleLib.transfers import panel_client_factory
 
 from SynergyPLLib.client import SynergyPLClient, token_for_project
@@ -50,7 +50,7 @@ MAX_RATIO = 2.0
 _hold_gil = ctypes.PyDLL(None).usleep  # PyDLL: the call keeps the GIL
 
 
-def starved_gui_loop(runner: TaskRunner, until, period_ms: float = POLL_INTERVAL_MS) -> None:
+def starved_gui_loop(runner: BackgroundRunner, until, period_ms: float = POLL_INTERVAL_MS) -> None:
     """Slicer's idle GUI thread: hold the GIL in C for a timer period, then run the timer slot."""
     hold = ctypes.c_uint(int(period_ms * 1000))
     while not until():
@@ -58,11 +58,11 @@ def starved_gui_loop(runner: TaskRunner, until, period_ms: float = POLL_INTERVAL
         runner.poll()
 
 
-def through_panel(runner: TaskRunner, work, period_ms: float = POLL_INTERVAL_MS) -> tuple[float, object]:
+def through_panel(runner: BackgroundRunner, work, period_ms: float = POLL_INTERVAL_MS) -> tuple[float, object]:
     """Run ``work(ctx)`` as a panel task under the starved GUI thread; seconds until ``on_done`` ran."""
     outcome = {}
     start = time.perf_counter()
-    runner.submit(Task("transfer", work, on_done=lambda r: outcome.update(result=r, t=time.perf_counter()),
+    runner.submit(BackgroundCall("transfer", work, on_done=lambda r: outcome.update(result=r, t=time.perf_counter()),
                        on_error=lambda e: outcome.update(error=e, t=time.perf_counter())))
     deadline = start + 600
     starved_gui_loop(runner, lambda: "t" in outcome or time.perf_counter() > deadline, period_ms)
@@ -99,7 +99,7 @@ write_volume(Volume(ct, spacing=(0.7, 0.7, 1.0)), {str(path)!r}, compress=False)
 @pytest.fixture(scope="module")
 def served(server_python, small_project, tmp_path_factory):
     from serve_support import quiet_env, wait_healthy
-    from SynergyPLModuleLib.server import free_port
+    from SynergyPLModuleLib.local_server import free_port
 
     port = free_port(0)
     log = tmp_path_factory.mktemp("speed") / "server.log"
@@ -139,7 +139,7 @@ def _report(name: str, numbers: dict) -> None:
 
 def test_a_512x512x300_ct_moves_through_the_panel_within_2x_of_a_plain_process(served, token, ct_file, tmp_path):
     plain = SynergyPLClient(served, token=token, timeout=600)
-    runner = TaskRunner()
+    runner = BackgroundRunner()
     make_client = panel_client_factory(runner)
     times = {"plain_upload": [], "panel_upload": [], "plain_download": [], "panel_download": []}
     settle = 1.0
@@ -185,7 +185,7 @@ def test_the_emulation_starves_an_in_thread_transfer(served, token, server_pytho
     small = _write_ct(server_python, tmp_path / "small.nrrd", (512, 512, 64))
     plain = SynergyPLClient(served, token=token, timeout=600)
     plain.upload_case(small, case_id="small")
-    runner = TaskRunner()
+    runner = BackgroundRunner()
     try:
         time.sleep(1.0)
         t_plain, _ = timed(lambda: plain.download_image("small", tmp_path / "plain.nrrd"))

@@ -78,6 +78,10 @@ def test_prediction_outputs_in_case_geometry(trained_project, tmp_path):
         assert pred["disagreement"] == pytest.approx(sum(r["score"] for r in pred["regions"]), rel=1e-6)
         for r in pred["regions"]:
             assert {"rank", "voxel_count", "bbox_ijk", "centroid_ras", "mean_confidence", "classes", "score"} <= set(r)
+        params = pred["region_params"]  # sent with the regions: the panel recomputes with them
+        assert params["threshold"] == pred["flag_threshold"] and params["min_voxels"] >= 1
+        assert len(pred["regions"]) <= params["max_regions"]
+        assert all(r["voxel_count"] >= params["min_voxels"] for r in pred["regions"])
         image = case_image(srv.project, cid)
         label = read_bytes_volume(c.download_prediction(cid, "label"), tmp_path, "l.nrrd")
         heat = read_bytes_volume(c.download_prediction(cid, "heatmap"), tmp_path, "h.nrrd")

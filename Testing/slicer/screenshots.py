@@ -243,6 +243,7 @@ def render_panel(ui_file: Path, state: dict, path: Path, width: int = 400) -> Pa
 # ------------------------------------------------------------------------------------------------
 def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path | None = None) -> list[Path]:
     """Upload + pseudo-label ``image`` with the panel's logic, then render the views and the panel."""
+    import scene_checks
     from SynergyPLModuleLib import mrml
     from SynergyPLModuleLib.logic import LabelingLogic
 
@@ -254,7 +255,8 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     logic.configure(url, project=project)  # the server's token from its project folder
     volume = mrml.read_volume_file(image, scene=app.scene)
     produced = {}
-    logic.pseudo_label(volume, opacity=0.6, then=lambda seg, heat: produced.update(seg=seg, heat=heat))
+    logic.prediction_ready.connect(lambda seg, heat: produced.update(seg=seg, heat=heat))
+    logic.pseudo_label(volume, opacity=0.6)
     if not logic.runner.wait(timeout=900) or "seg" not in produced:
         raise SystemExit(f"pseudo-label failed: {statuses[-3:]}")
     segmentation, heatmap = produced["seg"], produced["heat"]
@@ -295,7 +297,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     classes = logic.server.classes
     label, _ = mrml.segmentation_to_labelmap(segmentation, volume, classes, app.scene)
     fill = mrml.add_volume_from_array(label, mrml.ijk_to_ras(volume), "fill", "vtkMRMLLabelMapVolumeNode", app.scene)
-    fill.GetDisplayNode().SetAndObserveColorNodeID(mrml.class_color_table(classes, scene=app.scene).GetID())
+    fill.GetDisplayNode().SetAndObserveColorNodeID(scene_checks.class_color_table(classes, scene=app.scene).GetID())
     for composite in mrml.slice_composite_nodes(app.scene):
         composite.SetLabelVolumeID(fill.GetID())
         composite.SetLabelOpacity(0.4)

@@ -63,6 +63,7 @@ def test_extension_cmakelists_is_a_slicer_extension():
     assert "add_subdirectory(SynergyPL)" in text
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
     assert "SynergyPLLib/__init__.py" in text and "SynergyPLLib/client/*.py" in text
+    assert "SynergyPLLib/common/*.py" in text
     # screenshots and icon the extension advertises exist in the repository
     for relative in re.findall(r"\$\{_raw\}/([\w/.-]+\.png)", text):
         assert (REPO / relative).is_file(), relative

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import grids, mrml, selftest
+import scene_checks
+import selftest
+from SynergyPLModuleLib import grids, mrml
+from SynergyPLModuleLib.local_server import free_port
 from SynergyPLModuleLib.logic import LabelingLogic
-from SynergyPLModuleLib.server import free_port
 
 from SynergyPLLib.client import SynergyPLClient
 from SynergyPLLib.engine.io import read_volume
@@ -146,7 +148,8 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     logic.configure(url, project=project)
     volume = mrml.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
     got: dict = {}
-    logic.pseudo_label(volume, then=lambda seg, heat: got.update(seg=seg, heat=heat))
+    logic.prediction_ready.connect(lambda seg, heat: got.update(seg=seg, heat=heat))
+    logic.pseudo_label(volume)
     assert _wait(logic, 600)
     server_regions = [r.to_dict() for r in logic.regions]
     state = logic.prediction
@@ -157,15 +160,15 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     assert _wait(logic, 120)
     regions = logic.regions
     assert got["heat"].GetDisplayNode().GetUpperThreshold() == pytest.approx(0.3)
-    reference = Volume(state.heatmap, **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    reference = Volume(state.heatmap, **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     expected = flag_regions(reference, reference.with_array(state.label), logic.class_names(), threshold=0.3,
-                            min_voxels=logic.min_region_voxels, max_regions=logic.max_regions)
+                            min_voxels=logic.region_params().min_voxels, max_regions=logic.region_params().max_regions)
     assert [(r.rank, r.voxel_count, r.bbox_ijk) for r in regions] == \
         [(r.rank, r.voxel_count, r.bbox_ijk) for r in expected]
     if regions:
         logic.set_reviewed(0)
         region = logic.next_region()
-        for slice_node in mrml.slice_nodes(logic.scene):
+        for slice_node in scene_checks.slice_nodes(logic.scene):
             assert np.allclose(mrml.slice_view_center_ras(slice_node),
                                mrml.region_center_ras(region.to_dict(), volume), atol=1e-6)
         logic.set_threshold(0.3)  # unchanged: keeps the reviewed tick
@@ -191,7 +194,8 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     label[20:25, 15:30, 8:20] = 2
     segmentation = mrml.labelmap_to_segmentation(label, volume, logic.server.classes, scene=mrml_env.scene)
     submitted = []
-    logic.submit(volume, segmentation, author="dicom test", then=submitted.append)
+    logic.submitted.connect(submitted.append)
+    logic.submit(volume, segmentation, author="dicom test")
     assert _wait(logic, 120) and not errors, errors
     case_id = mrml.case_id(volume)
     case = SynergyPLClient(url, project=project).get_case(case_id)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import mrml, server, tasks
+import scene_checks
+from SynergyPLModuleLib import background, mrml
+from SynergyPLModuleLib import local_server as server
 from SynergyPLModuleLib.logic import LabelingLogic, TrainingProgress, describe_error
 from SynergyPLModuleLib.signals import Signal
 
@@ -33,7 +35,7 @@ def test_signal_calls_every_slot_even_if_one_fails():
 
 
 def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread():
-    runner = tasks.TaskRunner()
+    runner = background.BackgroundRunner()
     busy, delivered = [], []
     runner.busy_changed.connect(busy.append)
     main = threading.get_ident()
@@ -44,9 +46,9 @@ def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread(
         ctx.report(2)
         return "result"
 
-    handle = runner.submit(tasks.Task("ok", work, on_done=lambda r: delivered.append(("done", r, threading.get_ident())),
+    handle = runner.submit(background.BackgroundCall("ok", work, on_done=lambda r: delivered.append(("done", r, threading.get_ident())),
                                       on_progress=lambda p: delivered.append(("progress", p, threading.get_ident()))))
-    failing = runner.submit(tasks.Task("bad", lambda ctx: 1 / 0, on_error=lambda e: delivered.append(("error", type(e)))))
+    failing = runner.submit(background.BackgroundCall("bad", lambda ctx: 1 / 0, on_error=lambda e: delivered.append(("error", type(e)))))
     assert runner.wait(timeout=10)
     assert handle.finished and handle.result == "result" and failing.error is not None
     assert [d for d in delivered if d[0] == "progress"] == [("progress", 1, main), ("progress", 2, main)]
@@ -55,7 +57,7 @@ def test_task_runner_delivers_results_progress_and_errors_on_the_polling_thread(
 
 
 def test_task_runner_cancel_and_unhandled_errors():
-    runner = tasks.TaskRunner()
+    runner = background.BackgroundRunner()
     unhandled = []
     runner.unhandled_error.connect(lambda name, exc: unhandled.append((name, type(exc))))
     started = threading.Event()
@@ -66,13 +68,13 @@ def test_task_runner_cancel_and_unhandled_errors():
             pass
         ctx.check_cancelled()
 
-    handle = runner.submit(tasks.Task("slow", slow))
+    handle = runner.submit(background.BackgroundCall("slow", slow))
     started.wait(5)
     assert runner.busy and not runner.wait(handle, timeout=0.1)
     handle.cancel()
     assert runner.wait(handle, timeout=5)
-    assert unhandled == [("slow", tasks.TaskCancelled)]
-    broken = runner.submit(tasks.Task("broken callback", lambda ctx: 1, on_done=lambda r: 1 / 0))
+    assert unhandled == [("slow", background.CallCancelled)]
+    broken = runner.submit(background.BackgroundCall("broken callback", lambda ctx: 1, on_done=lambda r: 1 / 0))
     assert runner.wait(broken, timeout=5) and unhandled[-1] == ("broken callback", ZeroDivisionError)
 
 
@@ -113,6 +115,9 @@ def test_local_server_command(tmp_path, monkeypatch):
         server.serve_command("/usr/bin/python3", tmp_path / "missing")
     with pytest.raises(server.ServerConfigError, match="not a SynergyPL project"):
         server.serve_command("/usr/bin/python3", tmp_path)
+    (tmp_path / "project.yml").write_text("name: x\n")   # project.yml is a project too (it was refused)
+    assert server.serve_command("/usr/bin/python3", tmp_path).project == str(tmp_path)
+    (tmp_path / "project.yml").unlink()
     (tmp_path / "project.yaml").write_text("name: x\n")
     python = tmp_path / "python"
     python.write_text("")
@@ -219,9 +224,9 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     heat[0:2, 0:2, 0:2] = 0.2
     heat[3, 4, 3:6] = 0.1
     heatmap = mrml.show_heatmap(heat, volume, scene=scene)
-    from SynergyPLModuleLib.regions import flag_regions
+    from SynergyPLLib.common.regions import RegionParams, flag_regions
 
-    regions = flag_regions(heat, label, mrml.ijk_to_ras(volume), ["background", "Anterior"], 0.5, min_voxels=1)
+    regions = flag_regions(heat, label, mrml.ijk_to_ras(volume), ["background", "Anterior"], RegionParams(0.5, 1))
     regions[1].reviewed = True
     saved = json.dumps([r.to_dict() for r in regions])
 
@@ -235,7 +240,7 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     assert fake_logic.runner.wait(timeout=10)
     assert [(r.voxel_count, r.reviewed) for r in fake_logic.regions] == [(3, True)]
     region = fake_logic.go_to_region(0)
-    assert np.allclose(mrml.slice_view_center_ras(mrml.slice_nodes(scene)[0]),
+    assert np.allclose(mrml.slice_view_center_ras(scene_checks.slice_nodes(scene)[0]),
                        mrml.region_center_ras(region.to_dict(), volume))
 
 
@@ -252,7 +257,7 @@ def test_actions_report_missing_input_without_staying_busy(fake_logic):
 
 def test_same_voxels_check_reads_through_slicer(fake_logic, mrml_env, tmp_path):
     volume = _volume(mrml_env.scene, "scan", 0)
-    image = Volume(mrml.array_ijk(volume), **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(mrml.array_ijk(volume), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     assert fake_logic._same_voxels(write_volume(image, tmp_path / "same.nrrd"), volume)
     image.array[0, 0, 0] += 1
     assert not fake_logic._same_voxels(write_volume(image, tmp_path / "other.nrrd"), volume)
@@ -295,8 +300,8 @@ class PredictingClient(FakeClient):
         return {"version": int(parent_version or 0) + 1, "author": author}
 
 
-class GatedRunner(tasks.TaskRunner):
-    """A TaskRunner whose worker threads wait for ``gate`` before running the tasks named in ``gated``:
+class GatedRunner(background.BackgroundRunner):
+    """A BackgroundRunner whose worker threads wait for ``gate`` before running the tasks named in ``gated``:
     what the GUI thread did before the task ran can then be checked deterministically."""
 
     def __init__(self, gated=()):
@@ -327,7 +332,7 @@ def _predicting_logic(mrml_env, tmp_path, runner=None, **kwargs):
 
 
 def _prediction_for(case_id, volume, label, heat, regions_threshold=0.5):
-    image = Volume(mrml.array_ijk(volume).astype(np.float32), **mrml.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(mrml.array_ijk(volume).astype(np.float32), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
     PredictingClient.predictions[case_id] = {
         "label": image.with_array(label.astype(np.uint8)), "heatmap": image.with_array(heat.astype(np.float32)),
         "document": {"model_version": 1, "classes": ["background", "Anterior"], "regions": [],
@@ -371,7 +376,8 @@ def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
     label, heat = _label_and_heat()
     _prediction_for(case_id, volume, label, heat)
     got = {}
-    logic.pseudo_label(volume, then=lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.prediction_ready.connect(lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.pseudo_label(volume)
     assert logic.runner.wait(timeout=20) and got
     bounds = [0.0] * 6
     got["seg"].GetRASBounds(bounds)
@@ -433,7 +439,7 @@ def test_closing_the_scene_forgets_the_prediction_and_drops_late_results(mrml_en
 
 
 def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env, tmp_path):
-    from SynergyPLModuleLib.regions import flag_regions
+    from SynergyPLLib.common.regions import RegionParams, flag_regions
 
     runner = GatedRunner(gated={"regions"})
     logic = _predicting_logic(mrml_env, tmp_path, runner=runner)
@@ -444,7 +450,7 @@ def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env,
     segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
     heatmap = mrml.show_heatmap(heat, volume, scene=scene)
     logic.min_region_voxels = 1
-    start = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], 0.5, 1)
+    start = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], RegionParams(0.5, 1))
     start[1].reviewed = True                                  # the 0.4 blob (ranked second)
     assert logic.restore(volume, segmentation, heatmap, json.dumps([r.to_dict() for r in start]), 0.5)
     before = [r.to_dict() for r in logic.regions]
@@ -456,7 +462,7 @@ def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env,
     logic.set_threshold(0.42)
     runner.gate.set()
     assert runner.wait(timeout=20)
-    expected = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], 0.42, 1)
+    expected = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], RegionParams(0.42, 1))
     assert [(r.voxel_count, r.bbox_ijk) for r in logic.regions] == [(r.voxel_count, r.bbox_ijk) for r in expected]
     assert logic.regions_threshold == pytest.approx(0.42)
     assert [r.reviewed for r in logic.regions] == [False, True]     # unchanged regions keep their tick
@@ -502,7 +508,8 @@ def test_reviewed_ticks_come_back_with_the_volume_and_with_a_saved_scene(mrml_en
     label, heat = _label_and_heat()
     _prediction_for(_upload(logic, volume), volume, label, heat)
     got = {}
-    logic.pseudo_label(volume, then=lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.prediction_ready.connect(lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.pseudo_label(volume)
     assert logic.runner.wait(timeout=20) and len(logic.regions) == 2
     logic.set_reviewed(1)
     ticks = [r.reviewed for r in logic.regions]
@@ -560,18 +567,19 @@ def test_next_case_shows_the_case_and_fits_the_views(mrml_env, tmp_path):
                                         np.diag([-2.0, -2.0, 3.0, 1.0]), "elsewhere", scene=scene)
     PredictingClient.next_id = _upload(logic, source)
     scene.RemoveNode(source)                                  # the next case is not in the scene yet
-    for slice_node in mrml.slice_nodes(scene):
+    for slice_node in scene_checks.slice_nodes(scene):
         slice_node.SetFieldOfView(2.0, 2.0, 1.0)
     mrml.center_slice_views_on((300.0, 300.0, 300.0), scene)
     loaded = []
-    logic.next_case(then=lambda volume, case: loaded.append(volume))
+    logic.next_case_loaded.connect(lambda volume, case: loaded.append(volume))
+    logic.next_case()
     assert logic.runner.wait(timeout=20) and loaded
     volume = loaded[0]
     assert mrml.case_id(volume) == PredictingClient.next_id
     centre = (mrml.ijk_to_world_ras(volume) @ np.array([5.5, 5.5, 5.5, 1.0]))[:3]
     for composite in mrml.slice_composite_nodes(scene):
         assert composite.GetBackgroundVolumeID() == volume.GetID()
-    for slice_node in mrml.slice_nodes(scene):
+    for slice_node in scene_checks.slice_nodes(scene):
         assert max(slice_node.GetFieldOfView()[:2]) >= 24.0, slice_node.GetName()
         offset = np.asarray(mrml.slice_view_center_ras(slice_node)) - centre
         normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]

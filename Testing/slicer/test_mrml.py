@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scene_checks
 import vtk
 from SynergyPLModuleLib import mrml
 
@@ -51,7 +52,7 @@ def test_geometry_helpers_invert_each_other(oblique_geometry):
     image = _image(oblique_geometry)
     matrix = mrml.ijk_to_ras_from_lps(**oblique_geometry)
     assert np.allclose(matrix, image.ijk_to_ras, atol=1e-12)
-    back = mrml.geometry_lps(matrix)
+    back = scene_checks.geometry_lps(matrix)
     assert np.allclose(back["spacing"], oblique_geometry["spacing"], atol=1e-12)
     assert np.allclose(back["origin"], oblique_geometry["origin"], atol=1e-12)
     assert np.allclose(back["direction"], oblique_geometry["direction"], atol=1e-12)
@@ -138,7 +139,7 @@ def test_edits_renames_and_foreign_segments_map_back_to_label_values(mrml_env, o
     # and adds a segment of their own.
     edit = np.zeros(SHAPE, bool)
     edit[9:12, 10:14, 4:7] = True
-    mrml.set_segment_mask(segmentation, ids[1], (label == 1) | edit, volume, scene=mrml_env.scene)
+    scene_checks.set_segment_mask(segmentation, ids[1], (label == 1) | edit, volume, scene=mrml_env.scene)
     seg = segmentation.GetSegmentation()
     seg.GetSegment(ids[1]).SetName("anterior (checked)")
     seg.SetSegmentIndex(ids[2], 0)
@@ -181,7 +182,7 @@ def test_heatmap_volume_colour_table_and_slice_layers(mrml_env, oblique_geometry
     assert legend is not None and legend.GetTitleText() == "Confidence"
 
     mrml.set_heatmap_threshold(node, 0.75)
-    mrml.set_heatmap_opacity(0.2, scene=mrml_env.scene)
+    scene_checks.set_heatmap_opacity(0.2, scene=mrml_env.scene)
     assert display.GetUpperThreshold() == pytest.approx(0.75)
     assert all(c.GetForegroundOpacity() == pytest.approx(0.2) for c in composites)
     mrml.set_heatmap_visible(node, False, 0.2, scene=mrml_env.scene)
@@ -204,7 +205,7 @@ def test_centring_on_a_region_in_patient_coordinates(mrml_env, oblique_geometry)
         assert np.allclose(mrml.region_center_ras(given, volume), centroid_ras, atol=1e-9)
 
     mrml.center_slice_views_on(mrml.region_center_ras(region, volume), scene=mrml_env.scene)
-    for slice_node in mrml.slice_nodes(mrml_env.scene):
+    for slice_node in scene_checks.slice_nodes(mrml_env.scene):
         assert np.allclose(mrml.slice_view_center_ras(slice_node), centroid_ras, atol=1e-6), slice_node.GetName()
 
     # A volume moved by a transform in Slicer: the region moves with it.
@@ -237,7 +238,7 @@ def test_export_seg_nrrd_then_reload_with_slicer_reader(mrml_env, oblique_geomet
     assert "SynergyPL.LabelValue:1" in "".join(header[f"Segment{i}_Tags"] for i in range(3))
 
     # Slicer's reader gives back the same segments and voxels.
-    reloaded = mrml.load_segmentation_file(path, scene=mrml_env.scene)
+    reloaded = scene_checks.load_segmentation_file(path, scene=mrml_env.scene)
     before, after = mrml.segment_summary(segmentation), mrml.segment_summary(reloaded)
     for a, b in zip(before, after, strict=True):
         assert (a["name"], a["value"], a["terminology"]) == (b["name"], b["value"], b["terminology"])
@@ -320,7 +321,7 @@ def test_segment_terminology_is_the_tag_that_slicer_5_8_and_5_10_read(mrml_env, 
 
 def test_class_colour_table_without_terminology_api(mrml_env):
     """Colour-table terminology is 5.10+ only: the table is made either way, with names and colours."""
-    table = mrml.class_color_table(CLASSES, scene=mrml_env.scene)
+    table = scene_checks.class_color_table(CLASSES, scene=mrml_env.scene)
     assert table.GetNumberOfColors() == 4
     assert [table.GetColorName(i) for i in range(1, 4)] == ["Anterior", "Posterior", "Never present"]
     if hasattr(table, "GetTerminologyAsString"):
@@ -389,7 +390,7 @@ def test_transformed_volume_oblique_rotation_and_reused_segmentation(mrml_env, o
     ids = mrml.segment_ids_by_value(segmentation, CLASSES)
     edit = np.zeros(SHAPE, bool)
     edit[9:12, 10:14, 4:7] = True
-    mrml.set_segment_mask(segmentation, ids[1], (label == 1) | edit, volume, scene=scene)
+    scene_checks.set_segment_mask(segmentation, ids[1], (label == 1) | edit, volume, scene=scene)
     expected = label.copy()
     expected[edit] = 1
     back, _ = mrml.segmentation_to_labelmap(segmentation, volume, CLASSES, scene=scene)
@@ -437,7 +438,7 @@ def test_show_volume_sets_layers_and_fits_the_views(mrml_env, oblique_geometry):
     scene = mrml_env.scene
     _image_volume, volume = _volume_node(oblique_geometry, scene)
     heatmap = mrml.show_heatmap(np.ones(SHAPE, np.float32), volume, scene=scene)
-    for slice_node in mrml.slice_nodes(scene):                 # views somewhere else, zoomed in
+    for slice_node in scene_checks.slice_nodes(scene):                 # views somewhere else, zoomed in
         slice_node.SetFieldOfView(3.0, 3.0, 1.0)
     mrml.center_slice_views_on((200.0, -300.0, 90.0), scene)
     mrml.show_volume(volume, mrml_env.slice_logics, scene)
@@ -449,10 +450,28 @@ def test_show_volume_sets_layers_and_fits_the_views(mrml_env, oblique_geometry):
     for composite in mrml.slice_composite_nodes(scene):
         assert composite.GetBackgroundVolumeID() == volume.GetID() and not composite.GetForegroundVolumeID()
     assert heatmap.GetID() not in {c.GetForegroundVolumeID() for c in mrml.slice_composite_nodes(scene)}
-    for slice_node in mrml.slice_nodes(scene):
+    for slice_node in scene_checks.slice_nodes(scene):
         in_plane = np.array(slice_node.GetFieldOfView()[:2])
         assert in_plane.max() >= 0.9 * extent.min(), slice_node.GetName()   # zoomed out to the volume
         offset = np.asarray(mrml.slice_view_center_ras(slice_node)) - centre
         normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
         in_plane_offset = offset - normal * (offset @ normal)
         assert np.allclose(in_plane_offset, 0.0, atol=1e-6), slice_node.GetName()        # centred on it
+
+
+def test_nodes_for_volume_picks_the_nodes_made_for_it(mrml_env, oblique_geometry):
+    scene = mrml_env.scene
+    _image, first = _volume_node(oblique_geometry, scene, name="first")
+    _image, second = _volume_node(oblique_geometry, scene, name="second")
+    label = np.zeros(SHAPE, np.uint8)
+    label[1:3, 1:3, 1:3] = 1
+    heat = np.ones(SHAPE, np.float32)
+    seg_first = mrml.labelmap_to_segmentation(label, first, CLASSES, scene=scene)
+    heat_first = mrml.show_heatmap(heat, first, scene=scene)
+    seg_second = mrml.labelmap_to_segmentation(label, second, CLASSES, scene=scene)
+    assert mrml.nodes_for_volume(first, seg_second, None, scene) == (seg_first, heat_first)
+    assert mrml.nodes_for_volume(second, seg_first, heat_first, scene) == (seg_second, None)
+    assert mrml.nodes_for_volume(first, seg_first, heat_first, scene) == (seg_first, heat_first)
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "the user's own")  # not made by the panel: kept
+    assert mrml.nodes_for_volume(second, chosen, None, scene) == (chosen, None)
+    assert mrml.nodes_for_volume(None, seg_first, None, scene) == (seg_first, None)

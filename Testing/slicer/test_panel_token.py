@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from SynergyPLModuleLib import mrml, selftest, server
+import selftest
+from SynergyPLModuleLib import local_server as server
+from SynergyPLModuleLib import mrml
 from SynergyPLModuleLib.logic import LabelingLogic
 
 from SynergyPLLib.client import SynergyPLClient

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from SynergyPLModuleLib import server
+from SynergyPLModuleLib import local_server as server
 from SynergyPLModuleLib.server_process import (
     FAILED,
     RUNNING,

@@ -72,6 +72,7 @@ class PredictRunner:
                "flagged_voxels": flagged, "flag_threshold": predictor.config.inference.flag_threshold,
                "region_codes": {"0": "consistent and confident", "1": "consistent, uncertain",
                                 "2": "inconsistent, confident", "3": "inconsistent and uncertain"},
+               "region_params": pred.region_params.to_dict() if pred.region_params else None,
                "regions": regions}
         staging = ws.tmp / f"pred-{job.id}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)

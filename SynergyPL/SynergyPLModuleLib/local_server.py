@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from SynergyPLLib.common.project_folder import check_project_folder
+
 DEFAULT_PORT = 8765
 
 # Set by Slicer's launcher (CMake/SlicerBlockCTKAppLauncherSettings.cmake, SuperBuild/External_python.cmake
@@ -149,13 +151,13 @@ def serve_command(python: str | None, project: str | os.PathLike, port: int = DE
     ``environment`` (default: ``os.environ``), with the token passed in the environment (never on
     the command line, where other users could read it). Without a token the server uses the
     project's own (``<project>/.synergypl-token``), which the panel then reads from there."""
-    project_path = Path(project).expanduser() if project else None
-    if project_path is None or not project_path.is_dir():
-        raise ServerConfigError(f"Project folder {project or '(none)'} does not exist; create one with "
+    if not project:
+        raise ServerConfigError("Project folder (none) does not exist; create one with "
                                 "'synergypl init --project FOLDER --from DATA'.")
-    if not any((project_path / name).exists() for name in ("project.yaml", "project.json")):
-        raise ServerConfigError(f"{project_path} is not a SynergyPL project (no project.yaml); create one with "
-                                "'synergypl init'.")
+    try:
+        project_path = check_project_folder(project).parent  # project.yaml, project.yml or project.json
+    except ValueError as exc:  # the folder is missing or holds no project configuration
+        raise ServerConfigError(str(exc)) from None
     environment = os.environ if environment is None else environment
     program = find_python(python, environment, slicer_home)
     arguments = ["-m", "SynergyPLLib.cli", "serve", "--project", str(project_path), "--host", host,

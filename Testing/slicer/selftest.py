@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from . import mrml
+import scene_checks
+from SynergyPLModuleLib import mrml
 
 
 class Recorder:
@@ -71,7 +71,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("pseudo-label")
     produced: dict = {}
-    logic.pseudo_label(volume_node, then=lambda seg, heat: produced.update(segmentation=seg, heatmap=heat))
+    logic.prediction_ready.connect(lambda seg, heat: produced.update(segmentation=seg, heatmap=heat))
+    logic.pseudo_label(volume_node)
     step("pseudo-label", 600)
     segmentation, heatmap = produced.get("segmentation"), produced.get("heatmap")
     if segmentation is None or heatmap is None:
@@ -96,7 +97,7 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     centre = [s // 2 for s in shape]
     cube[tuple(slice(c - 2, c + 3) for c in centre)] = True
     current = mrml.segment_mask(segmentation, ids[first.value], volume_node, scene)
-    mrml.set_segment_mask(segmentation, ids[first.value], current | cube, volume_node, scene=scene)
+    scene_checks.set_segment_mask(segmentation, ids[first.value], current | cube, volume_node, scene=scene)
     expected, _ = mrml.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
     if not (expected[cube] == first.value).all():
         raise AssertionError("edit: the painted cube is not in the label map")
@@ -111,7 +112,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("read the submitted label back")
     loaded: dict = {}
-    logic.load_label_version(volume_node, case_id, version["version"], then=lambda seg: loaded.update(seg=seg))
+    logic.label_loaded.connect(lambda seg: loaded.update(seg=seg))
+    logic.load_label_version(volume_node, case_id, version["version"])
     step("load label", 60)
     back, _ = mrml.segmentation_to_labelmap(loaded["seg"], volume_node, logic.server.classes, scene)
     if not np.array_equal(back, expected):
@@ -140,7 +142,8 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("pseudo-label with the new model")
     fresh: dict = {}
-    logic.pseudo_label(volume_node, heatmap_node=heatmap, then=lambda seg, heat: fresh.update(segmentation=seg))
+    logic.prediction_ready.connect(lambda seg, heat: fresh.update(segmentation=seg))
+    logic.pseudo_label(volume_node, heatmap_node=heatmap)
     step("pseudo-label after retraining", 600)
     if fresh["segmentation"].GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE) != str(logic.model_version):
         raise AssertionError("pseudo-label after retraining did not use the new model")
@@ -152,7 +155,7 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
                                               name="submitted", scene=scene)
     path = logic.export(volume_node, reference, "seg.nrrd", export_folder)
     record.check_no_errors("export")
-    reloaded = mrml.load_segmentation_file(path, scene=scene)
+    reloaded = scene_checks.load_segmentation_file(path, scene=scene)
     again, _ = mrml.segmentation_to_labelmap(reloaded, volume_node, logic.server.classes, scene)
     if not np.array_equal(again, expected):
         raise AssertionError("export: the reloaded .seg.nrrd differs from the segmentation")

@@ -1,16 +1,16 @@
 """Running server calls off the GUI thread and reporting back on it.
 
-A :class:`Task` has a ``work`` function, run on a worker thread, which may only talk to the network
+A :class:`BackgroundCall` has a ``work`` function, run on a worker thread, which may only talk to the network
 and to numpy (never to MRML or Qt, which are not thread-safe), and ``on_done`` / ``on_error`` /
-``on_progress`` callbacks, which :meth:`TaskRunner.poll` calls on the thread that polls: in Slicer a
-``QTimer`` on the GUI thread, in tests a loop (:meth:`TaskRunner.wait`). So the GUI never waits for the
+``on_progress`` callbacks, which :meth:`BackgroundRunner.poll` calls on the thread that polls: in Slicer a
+``QTimer`` on the GUI thread, in tests a loop (:meth:`BackgroundRunner.wait`). So the GUI never waits for the
 network, and every MRML update happens on the GUI thread.
 
 Cancelling sets the task's :class:`threading.Event`; long work (training) checks
-:attr:`TaskContext.cancelled` between steps and asks the server to stop.
+:attr:`CallContext.cancelled` between steps and asks the server to stop.
 
 Child processes for worker threads (the volume transfers of :mod:`SynergyPLLib.client.helper`) are
-started and reaped by :class:`ProcessLauncher` inside :meth:`TaskRunner.poll`, on the GUI thread: in
+started and reaped by :class:`ProcessLauncher` inside :meth:`BackgroundRunner.poll`, on the GUI thread: in
 Slicer a worker thread gets the GIL only when the GUI thread runs Python, so a worker that had to start,
 feed and watch a process itself would advance one step per timer tick. The worker only waits.
 """
@@ -31,22 +31,22 @@ from .signals import Signal
 
 _log = logging.getLogger(__name__)
 
-# How often the panel's QTimer calls TaskRunner.poll while work runs: each tick is also when worker
+# How often the panel's QTimer calls BackgroundRunner.poll while work runs: each tick is also when worker
 # threads get the GIL inside Slicer, so it bounds how fast they advance.
 POLL_INTERVAL_MS = 20
 HANDOVER_SECONDS = 0.02  # longest the GUI thread waits for a worker to take a finished process's answer
 
 
-class TaskCancelled(Exception):
-    """Raised inside ``work`` (by :meth:`TaskContext.check_cancelled`) when the user cancelled."""
+class CallCancelled(Exception):
+    """Raised inside ``work`` (by :meth:`CallContext.check_cancelled`) when the user cancelled."""
 
 
 @dataclass
-class Task:
+class BackgroundCall:
     """One piece of background work and what to do with its outcome on the GUI thread."""
 
     name: str
-    work: Callable[[TaskContext], Any]
+    work: Callable[[CallContext], Any]
     on_done: Callable[[Any], None] | None = None
     on_error: Callable[[BaseException], None] | None = None
     on_progress: Callable[[Any], None] | None = None
@@ -54,7 +54,7 @@ class Task:
 
 
 @dataclass
-class TaskContext:
+class CallContext:
     """Handed to ``work``: progress reporting and the cancel flag."""
 
     task_id: int
@@ -66,9 +66,9 @@ class TaskContext:
         return self.cancel_event.is_set()
 
     def check_cancelled(self) -> None:
-        """Raise :class:`TaskCancelled` if the user cancelled."""
+        """Raise :class:`CallCancelled` if the user cancelled."""
         if self.cancel_event.is_set():
-            raise TaskCancelled("cancelled")
+            raise CallCancelled("cancelled")
 
     def report(self, progress: Any) -> None:
         """Send ``progress`` to the task's ``on_progress`` (called later, on the polling thread)."""
@@ -80,11 +80,11 @@ class TaskContext:
 
 
 @dataclass
-class TaskHandle:
-    """What :meth:`TaskRunner.submit` returns: the task's id, state and outcome."""
+class CallHandle:
+    """What :meth:`BackgroundRunner.submit` returns: the task's id, state and outcome."""
 
-    task: Task
-    context: TaskContext
+    task: BackgroundCall
+    context: CallContext
     thread: threading.Thread | None = None
     finished: bool = False
     result: Any = None
@@ -249,7 +249,7 @@ class ProcessLauncher:
             request.done.set()
 
 
-class TaskRunner:
+class BackgroundRunner:
     """Starts each task on its own daemon thread and delivers outcomes through :meth:`poll`.
 
     Signals (emitted on the polling thread):
@@ -260,16 +260,16 @@ class TaskRunner:
     def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
-        self._running: dict[int, TaskHandle] = {}
+        self._running: dict[int, CallHandle] = {}
         self.busy_changed = Signal("busy_changed")
         self.unhandled_error = Signal("unhandled_error")
         self.processes = ProcessLauncher()
 
     # -- submitting -------------------------------------------------------------------------------
-    def submit(self, task: Task) -> TaskHandle:
+    def submit(self, task: BackgroundCall) -> CallHandle:
         """Start ``task.work`` on a new worker thread; callbacks run during later :meth:`poll` calls."""
         task_id = next(self._ids)
-        handle = TaskHandle(task, TaskContext(task_id, self._queue))
+        handle = CallHandle(task, CallContext(task_id, self._queue))
         was_idle = not self._running
         self._running[task_id] = handle
         thread = threading.Thread(target=self._run, args=(handle,), name=f"SynergyPL-{task.name}", daemon=True)
@@ -279,7 +279,7 @@ class TaskRunner:
             self.busy_changed.emit(True)
         return handle
 
-    def _run(self, handle: TaskHandle) -> None:
+    def _run(self, handle: CallHandle) -> None:
         try:
             result = handle.task.work(handle.context)
         except BaseException as exc:  # delivered to the GUI thread, never lost
@@ -324,7 +324,7 @@ class TaskRunner:
                 self.busy_changed.emit(False)
         return delivered
 
-    def _call(self, handle: TaskHandle, callback: Callable | None, *args: Any) -> None:
+    def _call(self, handle: CallHandle, callback: Callable | None, *args: Any) -> None:
         if callback is None:
             return
         try:
@@ -338,14 +338,14 @@ class TaskRunner:
     def busy(self) -> bool:
         return bool(self._running)
 
-    def running(self) -> list[TaskHandle]:
+    def running(self) -> list[CallHandle]:
         return list(self._running.values())
 
     def cancel_all(self) -> None:
         for handle in list(self._running.values()):
             handle.cancel()
 
-    def wait(self, handle: TaskHandle | None = None, timeout: float = 60.0, interval: float = 0.02) -> bool:
+    def wait(self, handle: CallHandle | None = None, timeout: float = 60.0, interval: float = 0.02) -> bool:
         """Poll until ``handle`` (or every task) finished; True if it did before ``timeout``.
 
         For tests and scripts without an event loop; the panel uses a QTimer instead.

@@ -1,0 +1,214 @@
+"""Flagged regions: the one definition, used by the engine (what the server returns) and the Slicer panel.
+
+A flagged region is a 26-connected component of the voxels whose confidence (the heatmap, 1 = certain)
+is below ``RegionParams.threshold``; components smaller than ``min_voxels`` are dropped, the rest are
+ranked by their score ``sum(1 - confidence)`` (the expected number of wrong voxels fixing the region
+would correct) and the first ``max_regions`` kept.
+
+A region lists the classes of the *label it is reviewed on* (the predicted label map) found inside it,
+background included. It does not list the classes the mixed views voted for: those votes are already in
+the heatmap, and the panel, which recomputes the regions when the threshold slider moves, has only the
+label. So the Classes column never changes merely because the threshold moved.
+
+The server sends its ``RegionParams`` with the regions (``region_params`` in the prediction document);
+the panel recomputes with the same ``min_voxels`` and ``max_regions`` and the slider's threshold.
+
+numpy only (scipy's labelling is used when it is importable), Python 3.9+.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class RegionParams:
+    """What makes a low-confidence blob a flagged region (the engine's ``InferenceConfig`` holds the project's)."""
+
+    threshold: float = 0.5
+    min_voxels: int = 5
+    max_regions: int = 50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, entry: Mapping | None, **overrides) -> RegionParams:
+        """From a server document (missing or null keys keep the defaults: older servers sent none), with
+        ``overrides`` (keyword: value, None = not overridden) on top."""
+        names = {f.name for f in fields(cls)}
+        merged = {**{k: v for k, v in (entry or {}).items() if v is not None},
+                  **{k: v for k, v in overrides.items() if v is not None}}  # an override of None keeps the value
+        kept = {k: v for k, v in merged.items() if k in names}
+        params = cls(**kept)
+        return cls(float(params.threshold), int(params.min_voxels), int(params.max_regions))
+
+    def with_threshold(self, threshold: float) -> RegionParams:
+        return replace(self, threshold=float(threshold))
+
+
+@dataclass
+class Region:
+    """One flagged region; ``reviewed`` is the panel's tick (not part of what the server sends)."""
+
+    rank: int
+    voxel_count: int
+    volume_ml: float
+    mean_confidence: float
+    classes: list = field(default_factory=list)
+    centroid_ijk: list | None = None
+    centroid_ras: list | None = None
+    centroid_lps: list | None = None
+    bbox_ijk: list | None = None  # [[i0, j0, k0], [i1, j1, k1]], inclusive
+    score: float = 0.0  # sum of (1 - confidence): the expected number of wrong voxels
+    reviewed: bool = False
+
+    @classmethod
+    def from_dict(cls, entry: Mapping) -> Region:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in entry.items() if k in names})
+
+    def to_dict(self) -> dict:
+        """The region as JSON; ``reviewed`` only when ticked (the server's documents carry no ticks)."""
+        out = asdict(self)
+        if not self.reviewed:
+            del out["reviewed"]
+        return out
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the same region across recomputations (its bounding box and size)."""
+        box = tuple(tuple(c) for c in self.bbox_ijk) if self.bbox_ijk else None
+        return (box, self.voxel_count)
+
+
+Components = Callable[[np.ndarray], "tuple[np.ndarray, int]"]
+
+
+def _label_components_scipy(mask: np.ndarray):
+    from scipy import ndimage
+
+    return ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+
+
+def _label_components_numpy(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected component labels of a boolean mask, numpy only (union-find by min-label propagation).
+
+    Labels are numbered 1..n in the order of each component's first voxel in C order, as scipy does.
+    """
+    coords = np.argwhere(mask)
+    labels = np.zeros(mask.shape, dtype=np.int64)
+    n = len(coords)
+    if n == 0:
+        return labels.astype(np.int32), 0
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[tuple(coords.T)] = np.arange(n)
+    # Edges to the 13 "forward" neighbours (the other 13 are the same edges reversed).
+    edges_a, edges_b = [], []
+    offsets = [(di, dj, dk) for di in (-1, 0, 1) for dj in (-1, 0, 1) for dk in (-1, 0, 1)
+               if (di, dj, dk) > (0, 0, 0)]
+    shape = np.array(mask.shape)
+    for offset in offsets:
+        neighbour = coords + np.array(offset)
+        inside = np.all((neighbour >= 0) & (neighbour < shape), axis=1)
+        source = np.nonzero(inside)[0]
+        target = index[tuple(neighbour[inside].T)]
+        linked = target >= 0
+        edges_a.append(source[linked])
+        edges_b.append(target[linked])
+    a = np.concatenate(edges_a)
+    b = np.concatenate(edges_b)
+    parent = np.arange(n)
+    while True:
+        low = np.minimum(parent[a], parent[b])
+        before = parent.copy()
+        np.minimum.at(parent, a, low)
+        np.minimum.at(parent, b, low)
+        parent = parent[parent]  # pointer jumping
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        if np.array_equal(parent, before):
+            break
+    roots, component = np.unique(parent, return_inverse=True)  # roots sorted = first voxel in C order
+    labels[tuple(coords.T)] = component + 1
+    return labels.astype(np.int32), len(roots)
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components (scipy when available, else numpy)."""
+    try:
+        return _label_components_scipy(mask)
+    except ImportError:
+        return _label_components_numpy(mask)
+
+
+def flag_regions(heatmap: np.ndarray, label: np.ndarray, ijk_to_ras: np.ndarray, class_names: Sequence[str],
+                 params: RegionParams | None = None, components: Components | None = None) -> list[Region]:
+    """Regions of ``heatmap < params.threshold`` (arrays ``[i, j, k]``), most expected errors first.
+
+    ``class_names[v]`` names label value ``v`` (index 0 = background); a region lists the classes of
+    ``label`` inside it (see the module docstring). Centroids are given in voxel indices, RAS and LPS
+    (through ``ijk_to_ras``), rounded to 3 decimals; mean confidence to 4, score to 3.
+    """
+    params = params or RegionParams()
+    confidence = np.asarray(heatmap, dtype=np.float32)
+    comps, n = (components or label_components)(confidence < params.threshold)
+    if n == 0:
+        return []
+    flat = np.asarray(comps).ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:].astype(float)
+    doubt = np.bincount(flat, weights=(1.0 - confidence).ravel().astype(np.float64), minlength=n + 1)[1:]
+    order = [int(i) for i in np.argsort(-doubt, kind="stable") if counts[i] >= params.min_voxels]
+    order = order[:max(0, params.max_regions)]
+    if not order:
+        return []
+    # The voxels of each component, grouped once (not one full-volume scan per region).
+    inside = np.flatnonzero(flat)
+    sorter = np.argsort(flat[inside], kind="stable")
+    inside = inside[sorter]
+    starts = np.searchsorted(flat[inside], np.arange(1, n + 2))
+    matrix = np.asarray(ijk_to_ras, dtype=float)
+    voxel_ml = float(np.prod(np.linalg.norm(matrix[:3, :3], axis=0))) / 1000.0
+    label_flat = np.asarray(label).ravel()
+    out = []
+    for rank, i in enumerate(order, start=1):
+        voxels = inside[starts[i]:starts[i + 1]]
+        ijk = np.stack(np.unravel_index(voxels, confidence.shape), axis=1)
+        centroid = ijk.mean(0)
+        ras = matrix @ np.append(centroid, 1.0)
+        lps = LPS_TO_RAS @ ras
+        present = np.unique(label_flat[voxels]).tolist()
+        out.append(Region(
+            rank=rank, voxel_count=int(counts[i]), volume_ml=round(float(counts[i]) * voxel_ml, 6),
+            mean_confidence=round(float(1.0 - doubt[i] / counts[i]), 4),
+            classes=[class_names[c] for c in present if 0 <= c < len(class_names)],
+            centroid_ijk=[round(float(v), 3) for v in centroid],
+            centroid_ras=[round(float(v), 3) for v in ras[:3]],
+            centroid_lps=[round(float(v), 3) for v in lps[:3]],
+            bbox_ijk=[ijk.min(0).tolist(), ijk.max(0).tolist()],
+            score=round(float(doubt[i]), 3)))
+    return out
+
+
+def keep_reviewed(previous: Sequence[Region], current: list[Region]) -> list[Region]:
+    """Carry the reviewed ticks over to the regions that did not change."""
+    reviewed = {r.key for r in previous if r.reviewed}
+    for region in current:
+        region.reviewed = region.key in reviewed
+    return current
+
+
+def summary(regions: Sequence[Region]) -> str:
+    """'3 of 7 reviewed' style summary for the panel."""
+    if not regions:
+        return "No flagged regions."
+    done = sum(1 for r in regions if r.reviewed)
+    return f"{done} of {len(regions)} reviewed"
