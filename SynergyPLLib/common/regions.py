@@ -198,6 +198,28 @@ def flag_regions(heatmap: np.ndarray, label: np.ndarray, ijk_to_ras: np.ndarray,
     return out
 
 
+def region_masks(heatmap: np.ndarray, regions: Sequence[Region | Mapping], threshold: float) -> list[np.ndarray]:
+    """The voxels (bool arrays) of each region of :func:`flag_regions` (``Region`` or its ``to_dict()``),
+    found again as the component of ``heatmap < threshold`` with the region's bounding box; a region
+    that is not there any more gets an empty mask."""
+    comps, n = label_components(np.asarray(heatmap, dtype=np.float32) < threshold)
+    by_box = {}
+    if n:
+        ijk = np.argwhere(comps > 0)
+        ids = comps[tuple(ijk.T)]
+        order = np.argsort(ids, kind="stable")
+        ijk, ids = ijk[order], ids[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        for c, lo, hi in zip(ids[starts], np.minimum.reduceat(ijk, starts), np.maximum.reduceat(ijk, starts)):
+            by_box[(tuple(lo.tolist()), tuple(hi.tolist()))] = int(c)
+    masks = []
+    for r in regions:
+        box = r["bbox_ijk"] if isinstance(r, Mapping) else r.bbox_ijk
+        c = by_box.get((tuple(box[0]), tuple(box[1]))) if box else None
+        masks.append(comps == c if c else np.zeros(np.shape(heatmap), bool))
+    return masks
+
+
 def keep_reviewed(previous: Sequence[Region], current: list[Region]) -> list[Region]:
     """Carry the reviewed ticks over to the regions that did not change."""
     reviewed = {r.key for r in previous if r.reviewed}

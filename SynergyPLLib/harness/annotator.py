@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..common.metrics import mean_dice
+from ..common.regions import region_masks
 
 
 @dataclass
@@ -37,23 +38,6 @@ def full_review_voxels(pred: np.ndarray, truth: np.ndarray) -> int:
         return 0
     idx = np.nonzero(fg)
     return int(np.prod([i.max() - i.min() + 1 for i in idx]))
-
-
-def region_masks(heatmap: np.ndarray, regions: list[dict], threshold: float) -> list[np.ndarray]:
-    """The voxels of each flagged region (the engine's components of heatmap < threshold)."""
-    from scipy import ndimage
-
-    comps, _ = ndimage.label(heatmap < threshold, structure=np.ones((3, 3, 3), bool))
-    boxes = ndimage.find_objects(comps)
-    by_box = {}
-    for n, box in enumerate(boxes, start=1):
-        if box is not None:
-            by_box[(tuple(s.start for s in box), tuple(s.stop - 1 for s in box))] = n
-    masks = []
-    for r in regions:
-        n = by_box.get((tuple(r["bbox_ijk"][0]), tuple(r["bbox_ijk"][1])))
-        masks.append(comps == n if n else np.zeros(heatmap.shape, bool))
-    return masks
 
 
 WIDEN = (0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01)  # heatmap levels reviewed after the flagged regions

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from SynergyPLLib.harness.annotator import full_review_voxels, region_masks, simulate_annotator
+from SynergyPLLib.common.regions import region_masks
+from SynergyPLLib.harness.annotator import full_review_voxels, simulate_annotator
 
 
 def _case():

@@ -144,3 +144,25 @@ def test_the_engine_adapter_is_the_common_function():
                                         params.min_voxels, params.max_regions)
         assert engine == panel_regions.flag_regions(heatmap, label, volume.ijk_to_ras, NAMES, params)
         assert all(not r.reviewed and "reviewed" not in r.to_dict() for r in engine)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_region_masks_are_the_flagged_regions_voxels(seed):
+    """The simulated annotator reviews region by region through region_masks: each mask is exactly its
+    region (voxel count, bounding box, below the threshold), and masks do not overlap."""
+    heat = _smooth_random_heatmap((20, 18, 16), seed)
+    label = (heat > 0.6).astype(np.uint8)
+    params = RegionParams(threshold=0.4, min_voxels=3, max_regions=10)
+    found = panel_regions.flag_regions(heat, label, np.eye(4), ["background", "fg"], params)
+    assert found, "the blurred noise must give some regions below 0.4"
+    masks = panel_regions.region_masks(heat, [r.to_dict() for r in found], params.threshold)
+    assert sum(m.sum() for m in masks) == np.logical_or.reduce(masks).sum()  # disjoint
+    assert len(masks) == len(found)
+    for i, region in enumerate(found):  # no zip(strict=): this file also runs on Python 3.9
+        mask = masks[i]
+        ijk = np.argwhere(mask)
+        assert mask.sum() == region.voxel_count
+        assert [ijk.min(0).tolist(), ijk.max(0).tolist()] == region.bbox_ijk
+        assert (heat[mask] < params.threshold).all()
+    gone = panel_regions.region_masks(heat, [{"bbox_ijk": [[0, 0, 0], [0, 0, 0]]}], params.threshold)
+    assert not gone[0].any() or heat[0, 0, 0] < params.threshold

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
+
+from sqlalchemy.exc import OperationalError
 
 from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.trainer import ProgressEvent, train
@@ -32,6 +35,8 @@ from ..store.workspace import Workspace
 from . import faults
 from .train_ddp import run_distributed, training_processes
 from .worker_io import Control, finish
+
+log = logging.getLogger("synergypl.train")
 
 
 def _round(x, n=4):
@@ -96,11 +101,17 @@ class TrainRunner:
                         "losses": {k: _round(v, 5) for k, v in (ev.losses or {}).items()},
                         "val_dice": _round(ev.val_dice), "best_val_dice": _round(ev.best_val_dice),
                         "eta_seconds": _round(ev.eta_seconds, 1), "val_curve": val_curve[-50:]}
-            with ws.db.Session() as s:
-                row = s.get(Job, job.id)
-                if row is not None and row.status == JobStatus.RUNNING:
-                    row.progress, row.updated_at = progress, now()
-                    s.commit()
+            # A write transaction (BEGIN IMMEDIATE on SQLite): a read-then-write one can fail at once with
+            # "database is locked" when another process wrote in between. Progress is advisory: a write
+            # that still fails is skipped, never the round's end.
+            try:
+                with ws.db.write_session() as s:
+                    row = s.get(Job, job.id)
+                    if row is not None and row.status == JobStatus.RUNNING:
+                        row.progress, row.updated_at = progress, now()
+            except OperationalError as exc:
+                log.warning("progress of job %s not stored (%s); the round goes on", job.id, exc.orig)
+                return
             ctl.emit("progress", job.id)
 
         last_check = [0.0]
