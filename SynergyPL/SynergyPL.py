@@ -229,7 +229,9 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import importlib
 
         for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
-                     "server_process", "transfers", "logic"):
+                     "server_process", "transfers", "workflows.base", "workflows.connection", "workflows.cases",
+                     "workflows.prediction", "workflows.review", "workflows.labels", "workflows.training",
+                     "workflows.export", "logic"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
