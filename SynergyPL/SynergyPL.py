@@ -48,7 +48,7 @@ from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundRunner  # 
 from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
-from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
+from SynergyPLModuleLib.server_process import QProcessDriver, ServerProcess  # noqa: E402
 from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
 from SynergyPLLib.common import regions as flagged  # noqa: E402
@@ -348,12 +348,12 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onStartServer(self) -> None:
-        """Run ``synergypl serve`` for the chosen project in a QProcess owned by the panel.
+        """Run ``synergypl serve`` for the chosen project (:class:`QProcessDriver`, owned by the panel).
 
         The server's Python gets Slicer's startup environment (before the launcher set PYTHONHOME,
         PYTHONPATH, LD_LIBRARY_PATH...), cleaned once more by :func:`server_environment`; the state
         shown ("Starting…", running, failed with the reason) is kept by :class:`ServerProcess`."""
-        if self.serverProcess is not None and self.serverProcess.state() != qt.QProcess.NotRunning:
+        if self.serverProcess is not None and self.serverProcess.is_running:
             self._showStatus("The local server is already running.")
             return
         try:
@@ -369,23 +369,13 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.projectPathLineEdit.addCurrentPathToHistory()
         self.serverState = ServerProcess(command.program, command.arguments, command.url)
         self.serverState.state_changed.connect(self._onServerStateChanged)
-        process = qt.QProcess()
-        process.setProcessChannelMode(qt.QProcess.MergedChannels)
-        environment = qt.QProcessEnvironment()
-        for key, value in command.environment.items():
-            environment.insert(key, value)
-        process.setProcessEnvironment(environment)
         # `python -m` puts the working directory first on sys.path: the project folder, not Slicer's.
-        process.setWorkingDirectory(str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
-        process.readyReadStandardOutput.connect(self._onServerOutput)
-        process.connect("errorOccurred(QProcess::ProcessError)", self._onServerError)
-        process.connect("finished(int,QProcess::ExitStatus)", self._onServerFinished)
-        self.ui.serverLogTextEdit.appendPlainText("$ " + " ".join(command.as_list()))
-        self.serverProcess = process
+        self.serverProcess = QProcessDriver(self.serverState, command.environment,
+                                            cwd=str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
+        self.serverProcess.log.connect(self.ui.serverLogTextEdit.appendPlainText)
         self.localServer = command
         self._parameterNode.serverUrl = command.url
-        self.serverState.launching()
-        process.start(command.program, command.arguments)
+        self.serverProcess.start()
         self._updateButtons()
         qt.QTimer.singleShot(2000, self._checkLocalServer)
 
@@ -409,37 +399,10 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStatus(message)
         self._updateButtons()
 
-    def _onServerOutput(self) -> None:
-        if self.serverProcess is None:
-            return
-        text = self.serverProcess.readAllStandardOutput().data().decode("utf-8", "replace")
-        self.ui.serverLogTextEdit.appendPlainText(text.rstrip("\n"))
-        if self.serverState is not None:
-            self.serverState.output_received(text)
-
-    def _onServerError(self, error) -> None:
-        """QProcess.errorOccurred: FailedToStart never emits finished, so this ends "Starting…"."""
-        if self.serverState is not None:
-            self.serverState.error_occurred(error)
-        self._updateButtons()
-
-    def _onServerFinished(self, exitCode, exitStatus) -> None:
-        self.ui.serverLogTextEdit.appendPlainText(f"[server exited with code {exitCode}]")
-        if self.serverState is not None:
-            self.serverState.finished(exitCode, crashed=exitStatus == qt.QProcess.CrashExit)
-        self._updateButtons()
-
     def onStopServer(self) -> None:
-        process = self.serverProcess
-        if process is None or process.state() == qt.QProcess.NotRunning:
-            return
-        if self.serverState is not None:
-            self.serverState.stopping()
-        process.terminate()
-        if not process.waitForFinished(5000):
-            process.kill()
-            process.waitForFinished(2000)
-        self._updateButtons()
+        if self.serverProcess is not None and self.serverProcess.is_running:
+            self.serverProcess.stop()
+            self._updateButtons()
 
     # -- case ---------------------------------------------------------------------------------------
     def onUpload(self) -> None:
@@ -648,7 +611,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         others = [a for a in self.BUTTONS_BY_ACTION if a != "train" and labeling.is_busy(a)]
         ui.activityProgressBar.visible = bool(others)
         ui.cancelActivityButton.enabled = bool(others)
-        running = self.serverProcess is not None and self.serverProcess.state() != qt.QProcess.NotRunning
+        running = self.serverProcess is not None and self.serverProcess.is_running
         ui.startServerButton.enabled = not running
         ui.stopServerButton.enabled = running
 
