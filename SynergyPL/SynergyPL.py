@@ -315,13 +315,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.segmentation = segmentation
         if heatmap is not p.heatmap:
             p.heatmap = heatmap
-        state = self.labeling.prediction
-        if volume is not None and (state is None or state.volume_id != volume.GetID()):
-            if p.segmentation and p.heatmap and self.labeling.restore(volume, p.segmentation, p.heatmap, "[]",
-                                                                       p.confidenceThreshold):
-                self.labeling.set_threshold(p.confidenceThreshold, heatmap_node=p.heatmap, force=True)
-            else:
-                self.labeling.clear_prediction()
+        self.labeling.show_volume(volume, p.segmentation, p.heatmap, p.confidenceThreshold)
 
     # -- server -------------------------------------------------------------------------------------
     def _configureServer(self) -> None:
@@ -420,14 +414,13 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onPseudoLabel()
 
     def _onCaseChanged(self, volume, case_id) -> None:
-        server = self.labeling.server
-        known = mrml.case_id(volume, server.key if server else None) if volume is not None else None
+        known = self.labeling.case_id_of(volume)
         self.ui.caseIdLabel.text = known or ("not uploaded" if volume is not None else "-")
 
     # -- pseudo-label -------------------------------------------------------------------------------
     def onPseudoLabel(self) -> None:
         p = self._parameterNode
-        if p.segmentation and self._segmentationWasEdited(p.segmentation):
+        if self.labeling.would_lose_edits(p.segmentation):
             if not slicer.util.confirmOkCancelDisplay(
                     f"Replace the contents of {p.segmentation.GetName()} with a new pseudo-label? Edits not "
                     "submitted are lost (choose an empty segmentation to keep them).", windowTitle="SynergyPL"):
@@ -436,11 +429,6 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.labeling.threshold = p.confidenceThreshold
         self.labeling.pseudo_label(p.inputVolume, p.segmentation, p.heatmap, opacity=p.heatmapOpacity,
                                    show_heatmap=p.heatmapVisible)
-
-    @staticmethod
-    def _segmentationWasEdited(segmentation) -> bool:
-        return segmentation.GetAttribute(mrml.CASE_ID_ATTRIBUTE) is not None and \
-            segmentation.GetSegmentation().GetNumberOfSegments() > 0
 
     def _onPredictionReady(self, segmentation, heatmap) -> None:
         self._hideNonCaseVolumes()

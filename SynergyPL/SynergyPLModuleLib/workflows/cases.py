@@ -213,3 +213,22 @@ class CasesWorkflow(LogicBase):
         if saved_threshold is None or abs(saved_threshold - self.threshold) > 1e-9:
             self.set_threshold(self.threshold, force=True)
         return True
+
+    def show_volume(self, volume_node, segmentation_node, heatmap_node, threshold: float) -> bool:
+        """Another volume was chosen, with the segmentation and heatmap made for it (or None): show its
+        prediction again (restore, regions at ``threshold``) or forget the one shown. True when restored."""
+        state = self.prediction
+        if volume_node is None or (state is not None and state.volume_id == volume_node.GetID()):
+            return False
+        if segmentation_node and heatmap_node and self.restore(volume_node, segmentation_node, heatmap_node, "[]",
+                                                               threshold):
+            self.set_threshold(threshold, heatmap_node=heatmap_node, force=True)
+            return True
+        self.clear_prediction()
+        return False
+
+    def case_id_of(self, volume_node) -> str | None:
+        """The case id the current server knows ``volume_node`` by, or None (not uploaded)."""
+        if volume_node is None:
+            return None
+        return mrml.case_id(volume_node, self.server.key if self.server else None)

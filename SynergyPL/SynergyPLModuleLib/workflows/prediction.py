@@ -169,3 +169,9 @@ class PredictionWorkflow(LogicBase):
         self.regions_threshold = None
         self.current_region = -1
         self.regions_changed.emit(self.regions)
+
+    @staticmethod
+    def would_lose_edits(segmentation_node) -> bool:
+        """A pseudo-label into ``segmentation_node`` would replace segments of a case (ask first)."""
+        return bool(segmentation_node) and segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) is not None and \
+            segmentation_node.GetSegmentation().GetNumberOfSegments() > 0
