@@ -17,10 +17,7 @@ from SynergyPLLib.common.regions import Region
 
 from .. import grids, mrml, nrrdfile
 from ..background import CallContext
-from ..messages import (
-    ServerInfo,
-    _client_module,
-)
+from ..messages import ServerInfo, _client_module
 from .base import (
     CASE_GRID_ATTRIBUTE,
     HAS_DICOM_ATTRIBUTE,
@@ -34,7 +31,10 @@ _log = logging.getLogger(__name__)
 
 
 class CasesWorkflow(LogicBase):
-    """Cases workflow of the labeling logic."""
+    """Cases: upload, next case, restore a saved prediction, follow the chosen volume.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def upload(self, volume_node, force: bool = False) -> None:
         """Upload the volume once as a case (its id is remembered on the node); ``case_changed`` reports it."""

@@ -11,17 +11,15 @@ from collections.abc import Callable
 
 from .. import mrml
 from ..background import CallContext
-from ..messages import (
-    ServerInfo,
-    _client_module,
-)
-from .base import (
-    LogicBase,
-)
+from ..messages import ServerInfo, _client_module
+from .base import LogicBase
 
 
 class ConnectionWorkflow(LogicBase):
-    """Which server workflow of the labeling logic."""
+    """The server: configure it, check the connection, run work that needs its info.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def configure(self, url: str, token: str | None = None, project: str | os.PathLike | None = None) -> None:
         """Use this server from now on (forgets the previous server's info if the URL changed).

@@ -11,16 +11,14 @@ from pathlib import Path
 
 from .. import mrml
 from ..background import CallContext
-from .base import (
-    EXPORT_FORMATS,
-    HAS_DICOM_ATTRIBUTE,
-    LogicBase,
-    _safe_name,
-)
+from .base import EXPORT_FORMATS, HAS_DICOM_ATTRIBUTE, LogicBase, _safe_name
 
 
 class ExportWorkflow(LogicBase):
-    """Export workflow of the labeling logic."""
+    """Export: seg.nrrd, NIfTI, DICOM SEG.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def export(self, volume_node, segmentation_node, fmt: str, folder: str | os.PathLike) -> Path | None:
         """Write the segmentation as ``seg.nrrd`` or ``nifti`` (here, with Slicer's writers), or fetch the

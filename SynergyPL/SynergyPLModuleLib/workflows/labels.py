@@ -12,19 +12,15 @@ import numpy as np
 
 from .. import grids, mrml, nrrdfile
 from ..background import CallContext
-from ..messages import (
-    _client_module,
-    default_author,
-)
-from .base import (
-    CASE_GRID_ATTRIBUTE,
-    LogicBase,
-    _safe_name,
-)
+from ..messages import _client_module, default_author
+from .base import CASE_GRID_ATTRIBUTE, LogicBase, _safe_name
 
 
 class LabelsWorkflow(LogicBase):
-    """Labels workflow of the labeling logic."""
+    """Labels: submit a new version, load a saved one.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def submit(self, volume_node, segmentation_node, author: str | None = None,
                parent_version: int | None = None) -> None:

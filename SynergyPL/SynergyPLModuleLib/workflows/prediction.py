@@ -16,18 +16,15 @@ from SynergyPLLib.common.regions import Region, RegionParams
 
 from .. import grids, mrml
 from ..background import CallCancelled, CallContext
-from ..messages import (
-    _client_module,
-    _float,
-)
-from .base import (
-    LogicBase,
-    PredictionState,
-)
+from ..messages import _client_module, _float
+from .base import LogicBase, PredictionState
 
 
 class PredictionWorkflow(LogicBase):
-    """Pseudo-labels workflow of the labeling logic."""
+    """Pseudo-labels: predict, follow the job, show label and heatmap.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def pseudo_label(self, volume_node, segmentation_node=None, heatmap_node=None, *, opacity: float = 0.5,
                      show_heatmap: bool = True, reuse_existing: bool = True) -> None:

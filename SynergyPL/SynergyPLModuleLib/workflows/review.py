@@ -14,15 +14,14 @@ from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep
 
 from .. import grids, mrml
 from ..background import CallContext
-from .base import (
-    CASE_GRID_ATTRIBUTE,
-    LogicBase,
-    PredictionState,
-)
+from .base import CASE_GRID_ATTRIBUTE, LogicBase, PredictionState
 
 
 class ReviewWorkflow(LogicBase):
-    """Review workflow of the labeling logic."""
+    """Review: threshold, flagged regions, moving between them, reviewed ticks.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def class_names(self) -> list[str]:
         names = ["background"]

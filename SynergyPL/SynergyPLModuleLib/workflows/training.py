@@ -9,18 +9,15 @@ from __future__ import annotations
 from SynergyPLLib.common.job_status import JobStatus
 
 from ..background import CallContext
-from ..messages import (
-    TrainingProgress,
-    _client_module,
-    training_summary,
-)
-from .base import (
-    LogicBase,
-)
+from ..messages import TrainingProgress, _client_module, training_summary
+from .base import LogicBase
 
 
 class TrainingWorkflow(LogicBase):
-    """Training workflow of the labeling logic."""
+    """Training: retrain, progress, cancel.
+
+    Mixed into the facade (:class:`~SynergyPLModuleLib.logic.LabelingLogic`), whose state and signals it uses.
+    """
 
     def retrain(self, iterations: int | None = None) -> None:
         """Start a training round (or follow the one already running); progress via ``training_progress``."""
