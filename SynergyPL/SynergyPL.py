@@ -48,7 +48,7 @@ from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundRunner  # 
 from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
-from SynergyPLModuleLib.server_process import ServerProcess  # noqa: E402
+from SynergyPLModuleLib.server_process import QProcessDriver, ServerProcess  # noqa: E402
 from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
 
 from SynergyPLLib.common import regions as flagged  # noqa: E402
@@ -229,7 +229,9 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import importlib
 
         for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
-                     "server_process", "transfers", "logic"):
+                     "server_process", "transfers", "workflows.base", "workflows.connection", "workflows.cases",
+                     "workflows.prediction", "workflows.review", "workflows.labels", "workflows.training",
+                     "workflows.export", "logic"):
             module = sys.modules.get(f"SynergyPLModuleLib.{name}")
             if module is not None:
                 importlib.reload(module)
@@ -313,13 +315,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.segmentation = segmentation
         if heatmap is not p.heatmap:
             p.heatmap = heatmap
-        state = self.labeling.prediction
-        if volume is not None and (state is None or state.volume_id != volume.GetID()):
-            if p.segmentation and p.heatmap and self.labeling.restore(volume, p.segmentation, p.heatmap, "[]",
-                                                                       p.confidenceThreshold):
-                self.labeling.set_threshold(p.confidenceThreshold, heatmap_node=p.heatmap, force=True)
-            else:
-                self.labeling.clear_prediction()
+        self.labeling.show_volume(volume, p.segmentation, p.heatmap, p.confidenceThreshold)
 
     # -- server -------------------------------------------------------------------------------------
     def _configureServer(self) -> None:
@@ -346,12 +342,12 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onStartServer(self) -> None:
-        """Run ``synergypl serve`` for the chosen project in a QProcess owned by the panel.
+        """Run ``synergypl serve`` for the chosen project (:class:`QProcessDriver`, owned by the panel).
 
         The server's Python gets Slicer's startup environment (before the launcher set PYTHONHOME,
         PYTHONPATH, LD_LIBRARY_PATH...), cleaned once more by :func:`server_environment`; the state
         shown ("Starting…", running, failed with the reason) is kept by :class:`ServerProcess`."""
-        if self.serverProcess is not None and self.serverProcess.state() != qt.QProcess.NotRunning:
+        if self.serverProcess is not None and self.serverProcess.is_running:
             self._showStatus("The local server is already running.")
             return
         try:
@@ -367,23 +363,13 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.projectPathLineEdit.addCurrentPathToHistory()
         self.serverState = ServerProcess(command.program, command.arguments, command.url)
         self.serverState.state_changed.connect(self._onServerStateChanged)
-        process = qt.QProcess()
-        process.setProcessChannelMode(qt.QProcess.MergedChannels)
-        environment = qt.QProcessEnvironment()
-        for key, value in command.environment.items():
-            environment.insert(key, value)
-        process.setProcessEnvironment(environment)
         # `python -m` puts the working directory first on sys.path: the project folder, not Slicer's.
-        process.setWorkingDirectory(str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
-        process.readyReadStandardOutput.connect(self._onServerOutput)
-        process.connect("errorOccurred(QProcess::ProcessError)", self._onServerError)
-        process.connect("finished(int,QProcess::ExitStatus)", self._onServerFinished)
-        self.ui.serverLogTextEdit.appendPlainText("$ " + " ".join(command.as_list()))
-        self.serverProcess = process
+        self.serverProcess = QProcessDriver(self.serverState, command.environment,
+                                            cwd=str(Path(self.ui.projectPathLineEdit.currentPath).expanduser()))
+        self.serverProcess.log.connect(self.ui.serverLogTextEdit.appendPlainText)
         self.localServer = command
         self._parameterNode.serverUrl = command.url
-        self.serverState.launching()
-        process.start(command.program, command.arguments)
+        self.serverProcess.start()
         self._updateButtons()
         qt.QTimer.singleShot(2000, self._checkLocalServer)
 
@@ -407,37 +393,10 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showStatus(message)
         self._updateButtons()
 
-    def _onServerOutput(self) -> None:
-        if self.serverProcess is None:
-            return
-        text = self.serverProcess.readAllStandardOutput().data().decode("utf-8", "replace")
-        self.ui.serverLogTextEdit.appendPlainText(text.rstrip("\n"))
-        if self.serverState is not None:
-            self.serverState.output_received(text)
-
-    def _onServerError(self, error) -> None:
-        """QProcess.errorOccurred: FailedToStart never emits finished, so this ends "Starting…"."""
-        if self.serverState is not None:
-            self.serverState.error_occurred(error)
-        self._updateButtons()
-
-    def _onServerFinished(self, exitCode, exitStatus) -> None:
-        self.ui.serverLogTextEdit.appendPlainText(f"[server exited with code {exitCode}]")
-        if self.serverState is not None:
-            self.serverState.finished(exitCode, crashed=exitStatus == qt.QProcess.CrashExit)
-        self._updateButtons()
-
     def onStopServer(self) -> None:
-        process = self.serverProcess
-        if process is None or process.state() == qt.QProcess.NotRunning:
-            return
-        if self.serverState is not None:
-            self.serverState.stopping()
-        process.terminate()
-        if not process.waitForFinished(5000):
-            process.kill()
-            process.waitForFinished(2000)
-        self._updateButtons()
+        if self.serverProcess is not None and self.serverProcess.is_running:
+            self.serverProcess.stop()
+            self._updateButtons()
 
     # -- case ---------------------------------------------------------------------------------------
     def onUpload(self) -> None:
@@ -455,14 +414,13 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onPseudoLabel()
 
     def _onCaseChanged(self, volume, case_id) -> None:
-        server = self.labeling.server
-        known = mrml.case_id(volume, server.key if server else None) if volume is not None else None
+        known = self.labeling.case_id_of(volume)
         self.ui.caseIdLabel.text = known or ("not uploaded" if volume is not None else "-")
 
     # -- pseudo-label -------------------------------------------------------------------------------
     def onPseudoLabel(self) -> None:
         p = self._parameterNode
-        if p.segmentation and self._segmentationWasEdited(p.segmentation):
+        if self.labeling.would_lose_edits(p.segmentation):
             if not slicer.util.confirmOkCancelDisplay(
                     f"Replace the contents of {p.segmentation.GetName()} with a new pseudo-label? Edits not "
                     "submitted are lost (choose an empty segmentation to keep them).", windowTitle="SynergyPL"):
@@ -471,11 +429,6 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.labeling.threshold = p.confidenceThreshold
         self.labeling.pseudo_label(p.inputVolume, p.segmentation, p.heatmap, opacity=p.heatmapOpacity,
                                    show_heatmap=p.heatmapVisible)
-
-    @staticmethod
-    def _segmentationWasEdited(segmentation) -> bool:
-        return segmentation.GetAttribute(mrml.CASE_ID_ATTRIBUTE) is not None and \
-            segmentation.GetSegmentation().GetNumberOfSegments() > 0
 
     def _onPredictionReady(self, segmentation, heatmap) -> None:
         self._hideNonCaseVolumes()
@@ -646,7 +599,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         others = [a for a in self.BUTTONS_BY_ACTION if a != "train" and labeling.is_busy(a)]
         ui.activityProgressBar.visible = bool(others)
         ui.cancelActivityButton.enabled = bool(others)
-        running = self.serverProcess is not None and self.serverProcess.state() != qt.QProcess.NotRunning
+        running = self.serverProcess is not None and self.serverProcess.is_running
         ui.startServerButton.enabled = not running
         ui.stopServerButton.enabled = running
 

@@ -205,3 +205,74 @@ class SubprocessDriver:
         if self._reader is not None:
             self._reader.join(5)
         self.poll()
+
+
+class QProcessDriver:
+    """Runs a :class:`ServerProcess`'s command in a ``QProcess`` (in Slicer) and feeds it, like
+    :class:`SubprocessDriver` does outside Slicer.
+
+    Signal ``log(text)``: what the panel's server log shows (the command line, the server's output,
+    its exit). Qt is imported only when the process is started or looked at, so this module (and the
+    state machine above) imports without Qt.
+    """
+
+    def __init__(self, process: ServerProcess, environment: Mapping[str, str] | None = None,
+                 cwd: str | None = None) -> None:
+        self.process, self.environment, self.cwd = process, environment, cwd
+        self.qprocess = None
+        self.log = Signal("log")
+
+    @property
+    def is_running(self) -> bool:
+        if self.qprocess is None:
+            return False
+        import qt  # Slicer's PythonQt
+
+        return self.qprocess.state() != qt.QProcess.NotRunning
+
+    def start(self) -> None:
+        import qt  # Slicer's PythonQt
+
+        qprocess = qt.QProcess()
+        qprocess.setProcessChannelMode(qt.QProcess.MergedChannels)
+        environment = qt.QProcessEnvironment()
+        for key, value in (self.environment or {}).items():
+            environment.insert(key, value)
+        qprocess.setProcessEnvironment(environment)
+        if self.cwd:
+            qprocess.setWorkingDirectory(str(self.cwd))
+        qprocess.readyReadStandardOutput.connect(self._on_output)
+        qprocess.connect("errorOccurred(QProcess::ProcessError)", self._on_error)
+        qprocess.connect("finished(int,QProcess::ExitStatus)", self._on_finished)
+        self.log.emit("$ " + " ".join([self.process.program, *self.process.arguments]))
+        self.qprocess = qprocess
+        self.process.launching()
+        qprocess.start(self.process.program, self.process.arguments)
+
+    def stop(self, timeout_ms: int = 5000) -> None:
+        """Terminate the server (kill it if it does not end within ``timeout_ms``)."""
+        if not self.is_running:
+            return
+        self.process.stopping()
+        self.qprocess.terminate()
+        if not self.qprocess.waitForFinished(timeout_ms):
+            self.qprocess.kill()
+            self.qprocess.waitForFinished(2000)
+
+    # -- QProcess slots -----------------------------------------------------------------------------
+    def _on_output(self) -> None:
+        if self.qprocess is None:
+            return
+        text = self.qprocess.readAllStandardOutput().data().decode("utf-8", "replace")
+        self.log.emit(text.rstrip("\n"))
+        self.process.output_received(text)
+
+    def _on_error(self, error) -> None:
+        """QProcess.errorOccurred: FailedToStart never emits finished, so this ends "Starting…"."""
+        self.process.error_occurred(error)
+
+    def _on_finished(self, exit_code, exit_status) -> None:
+        import qt  # Slicer's PythonQt
+
+        self.log.emit(f"[server exited with code {exit_code}]")
+        self.process.finished(exit_code, crashed=exit_status == qt.QProcess.CrashExit)

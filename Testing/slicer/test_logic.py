@@ -542,6 +542,32 @@ def test_reviewed_ticks_come_back_with_the_volume_and_with_a_saved_scene(mrml_en
     logic.shutdown()
 
 
+def test_choosing_a_volume_shows_its_prediction_again_or_forgets_it(mrml_env, tmp_path):
+    """What the panel asks when another volume is chosen (decided by the logic, not the widget)."""
+    scene = mrml_env.scene
+    logic = _predicting_logic(mrml_env, tmp_path)
+    logic.min_region_voxels = 1
+    volume, other = _scan(scene, "scan"), _scan(scene, "other")
+    label, heat = _label_and_heat()
+    case_id = _upload(logic, volume)
+    _prediction_for(case_id, volume, label, heat)
+    assert logic.case_id_of(volume) == case_id and logic.case_id_of(other) is None and logic.case_id_of(None) is None
+    got = {}
+    logic.prediction_ready.connect(lambda seg, heatmap: got.update(seg=seg, heat=heatmap))
+    logic.pseudo_label(volume)
+    assert logic.runner.wait(timeout=20) and len(logic.regions) == 2
+    assert logic.would_lose_edits(got["seg"]) and not logic.would_lose_edits(None)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert not logic.would_lose_edits(empty)
+
+    assert not logic.show_volume(volume, got["seg"], got["heat"], 0.5)       # already shown: nothing to do
+    assert not logic.show_volume(other, None, None, 0.5)                      # nothing made for it: forget
+    assert logic.prediction is None and logic.regions == []
+    assert logic.show_volume(volume, got["seg"], got["heat"], 0.5)            # back: shown again
+    assert logic.prediction.volume_id == volume.GetID() and len(logic.regions) == 2
+    logic.shutdown()
+
+
 def test_restore_never_raises_on_a_scene_it_cannot_use(fake_logic, mrml_env):
     scene = mrml_env.scene
     volume = _volume(scene, "scan", 0)

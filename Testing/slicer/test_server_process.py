@@ -20,6 +20,7 @@ from SynergyPLModuleLib.server_process import (
     RUNNING,
     STARTING,
     STOPPED,
+    QProcessDriver,
     ServerProcess,
     SubprocessDriver,
 )
@@ -263,3 +264,18 @@ def test_real_server_comes_up_through_server_environment(tmp_path, server_python
     good = start(env)
     assert good.state == STOPPED, good.message  # it was RUNNING until the test stopped it
     assert RUNNING in good.history, "\n".join(good.log)
+
+
+def test_qprocess_driver_imports_and_waits_without_qt():
+    """The panel's QProcess driver lives beside the state machine; Qt is imported only to start it."""
+    import subprocess
+
+    code = ("import sys; from SynergyPLModuleLib.server_process import QProcessDriver, ServerProcess\n"
+            "d = QProcessDriver(ServerProcess('python', ['-V'], 'http://127.0.0.1:1'))\n"
+            "assert not d.is_running and d.process.state == 'stopped'\n"
+            "d.stop()  # nothing started: nothing to stop, no Qt needed\n"
+            "assert 'qt' not in sys.modules, sorted(sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "SynergyPL")]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert QProcessDriver.__module__.endswith("server_process")
