@@ -1,6 +1,6 @@
 """The labeling loop: what each button of the panel does, without Qt.
 
-:class:`LabelingLogic` drives the service's HTTP client and the scene helpers of :mod:`.mrml`. Every
+:class:`LabelingLogic` drives the service's HTTP client and the scene helpers of :mod:`.scene`. Every
 action is split in three:
 
 1. on the GUI thread, read what is needed from the scene (write the volume or the label to a file);
@@ -36,7 +36,7 @@ import numpy as np
 from SynergyPLLib.common.job_status import FINAL_STATES, JobStatus
 from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
 
-from . import grids, mrml, nrrdfile
+from . import grids, nrrdfile
 from .background import BackgroundCall, BackgroundRunner, CallCancelled, CallContext, CallHandle
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
     DICOM_UIDS_ATTRIBUTE,
@@ -49,6 +49,19 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     default_slice_logics,
     describe_error,
     training_summary,
+)
+from .scene import (
+    attributes,
+    files,
+    heatmap_layer,
+    navigation,
+    nodes,
+    ownership,
+    segmentations,
+    slice_views,
+    terminology,
+    transforms,
+    volumes,
 )
 from .signals import Signal
 
@@ -117,7 +130,7 @@ class LabelingLogic:
         self.current_region = -1
         self._handles: dict[str, CallHandle] = {}
         self._sequence = 0
-        self._restored_classes: list[mrml.SegmentClass] = []
+        self._restored_classes: list[terminology.SegmentClass] = []
         self._scene_generation = 0  # +1 each time the scene is closed
         self._scene_observers: list[tuple[object, int]] = []
 
@@ -144,13 +157,13 @@ class LabelingLogic:
     # ------------------------------------------------------------------------------------------
     @property
     def scene(self):
-        return mrml.get_scene(self._scene)
+        return nodes.get_scene(self._scene)
 
     def _observe_scene_close(self) -> None:
         """Forget the prediction when the scene closes (observer removed by :meth:`shutdown`)."""
         try:
             scene = self.scene
-        except mrml.SceneError:  # no scene yet (e.g. created outside Slicer without one)
+        except nodes.SceneError:  # no scene yet (e.g. created outside Slicer without one)
             return
         tag = scene.AddObserver(scene.StartCloseEvent, lambda caller, event: self.forget_scene())
         self._scene_observers.append((scene, tag))
@@ -291,7 +304,7 @@ class LabelingLogic:
         self._start("connect", work, done)
 
     def _apply_info(self, url: str, info: dict) -> None:
-        classes = mrml.classes_from_dicts(info.get("classes") or [])
+        classes = terminology.classes_from_dicts(info.get("classes") or [])
         self.server = ServerInfo(url=url, project=str(info.get("name", "")), device=str(info.get("device", "?")),
                                  server_version=str(info.get("server_version", "?")),
                                  active_model=info.get("active_model"), classes=classes,
@@ -326,7 +339,7 @@ class LabelingLogic:
             return
 
         def with_server(server: ServerInfo) -> None:
-            known = mrml.case_id(volume_node, server.key)
+            known = ownership.case_id(volume_node, server.key)
             if known and not force:
                 self.case_changed.emit(volume_node, known)
                 if then is not None:
@@ -347,7 +360,7 @@ class LabelingLogic:
             payload, filename = dicom_files, f"{wanted}.zip"
         else:
             # Only the copy of the voxels happens here; the gzip NRRD is written by the task.
-            voxels, matrix = mrml.array_ijk(volume_node), mrml.ijk_to_ras(volume_node)
+            voxels, matrix = volumes.array_ijk(volume_node), transforms.ijk_to_ras(volume_node)
             payload = self._temp_path(f"{wanted}.nrrd")
             filename = payload.name
         zip_path = self._temp_path(filename) if dicom_files else None
@@ -400,12 +413,12 @@ class LabelingLogic:
     def _same_voxels(self, path: Path, volume_node) -> bool:
         try:
             theirs = self._read_on_volume_grid(path, volume_node, labelmap=False)
-        except (grids.GridMismatch, mrml.SceneError):
+        except (grids.GridMismatch, nodes.SceneError):
             return False
-        return bool(np.array_equal(theirs, mrml.array_ijk(volume_node)))
+        return bool(np.array_equal(theirs, volumes.array_ijk(volume_node)))
 
     def _remember_case(self, volume_node, case: dict, server: ServerInfo) -> None:
-        mrml.set_case_id(volume_node, case["id"], server.key)
+        ownership.set_case_id(volume_node, case["id"], server.key)
         try:
             matrix, shape = grids.case_grid(case)
             volume_node.SetAttribute(CASE_GRID_ATTRIBUTE, grids.grid_to_json(matrix, shape))
@@ -422,10 +435,10 @@ class LabelingLogic:
             def done(answer: dict) -> None:
                 case = answer["case"]
                 self.status.emit(f"Next case: {case['id']} ({answer.get('reason', '')}).")
-                existing = mrml.find_volume_for_case(case["id"], server.key, self.scene)
+                existing = ownership.find_volume_for_case(case["id"], server.key, self.scene)
                 if existing is not None:
                     self._remember_case(existing, case, server)
-                    mrml.show_volume(existing, self.slice_logics(), self.scene)
+                    slice_views.show_volume(existing, self.slice_logics(), self.scene)
                     self._case_loaded(existing, case)
                 else:
                     self._download_case(case, server)
@@ -441,9 +454,9 @@ class LabelingLogic:
             return self._client(timeout=self.upload_timeout).download_image(case["id"], target)
 
         def done(path: Path) -> None:
-            node = mrml.read_volume_file(path, name=case["id"], scene=self.scene)
+            node = files.read_volume_file(path, name=case["id"], scene=self.scene)
             self._remember_case(node, case, server)
-            mrml.show_volume(node, self.slice_logics(), self.scene)
+            slice_views.show_volume(node, self.slice_logics(), self.scene)
             self._case_loaded(node, case)
 
         self._start("next_case", work, done)
@@ -513,7 +526,7 @@ class LabelingLogic:
         def failed(exc: BaseException) -> bool:
             if isinstance(exc, client_module.NotFoundError) and "case" in str(exc.message).lower() and not retried:
                 # The server forgot the case (new project folder, deleted): upload again, once.
-                volume_node.RemoveAttribute(mrml.CASE_ID_ATTRIBUTE)
+                volume_node.RemoveAttribute(attributes.CASE_ID_ATTRIBUTE)
                 self.status.emit(f"The server no longer has case {case_id}; uploading the volume again.")
                 self._upload(volume_node, lambda new_id: self._predict_case(
                     volume_node, new_id, segmentation_node, heatmap_node, opacity, show_heatmap,
@@ -548,14 +561,14 @@ class LabelingLogic:
 
     def _read_on_volume_grid(self, path: Path, volume_node, labelmap: bool) -> np.ndarray:
         """A downloaded volume's voxels, moved onto the volume node's grid (exact, or refused)."""
-        node = mrml.read_volume_file(path, name="__SynergyPL_download__", labelmap=labelmap, scene=self.scene)
+        node = files.read_volume_file(path, name="__SynergyPL_download__", labelmap=labelmap, scene=self.scene)
         try:
-            array = mrml.array_ijk(node)
-            source_matrix = mrml.ijk_to_ras(node)
+            array = volumes.array_ijk(node)
+            source_matrix = transforms.ijk_to_ras(node)
         finally:
-            mrml._remove_with_display(node, self.scene)
+            nodes.remove_with_display(node, self.scene)
         target_shape = tuple(volume_node.GetImageData().GetDimensions())
-        mapper = grids.array_mapper(source_matrix, array.shape, mrml.ijk_to_ras(volume_node), target_shape)
+        mapper = grids.array_mapper(source_matrix, array.shape, transforms.ijk_to_ras(volume_node), target_shape)
         return mapper(array)
 
     def _show_prediction(self, volume_node, case, document, label_path, heatmap_path, segmentation_node,
@@ -565,22 +578,22 @@ class LabelingLogic:
         classes = self.server.classes if self.server else []
         if not classes:
             names = document.get("classes") or []
-            classes = mrml.classes_from_dicts([{"value": v, "name": n} for v, n in enumerate(names)])
-        segmentation = mrml.labelmap_to_segmentation(
+            classes = terminology.classes_from_dicts([{"value": v, "name": n} for v, n in enumerate(names)])
+        segmentation = segmentations.labelmap_to_segmentation(
             label, volume_node, classes, segmentation_node,
             name=f"{volume_node.GetName()} pseudo-label", scene=self.scene)
         latest = case.get("latest_label") or {}
-        segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case["id"])
-        segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(int(latest.get("version") or 0)))
-        segmentation.SetAttribute(mrml.MODEL_VERSION_ATTRIBUTE, str(document.get("model_version", "")))
-        segmentation.RemoveAttribute(mrml.REGIONS_ATTRIBUTE)  # the previous prediction's
-        heatmap_node = mrml.show_heatmap(heatmap, volume_node, heatmap_node, threshold=self.threshold,
+        segmentation.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case["id"])
+        segmentation.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(int(latest.get("version") or 0)))
+        segmentation.SetAttribute(attributes.MODEL_VERSION_ATTRIBUTE, str(document.get("model_version", "")))
+        segmentation.RemoveAttribute(attributes.REGIONS_ATTRIBUTE)  # the previous prediction's
+        heatmap_node = heatmap_layer.show_heatmap(heatmap, volume_node, heatmap_node, threshold=self.threshold,
                                          opacity=opacity, scene=self.scene)
         if not show_heatmap:
-            mrml.set_heatmap_visible(heatmap_node, False, opacity, self.scene)
+            heatmap_layer.set_heatmap_visible(heatmap_node, False, opacity, self.scene)
         server_regions = [Region.from_dict(r) for r in document.get("regions") or []]
         self.prediction = PredictionState(case["id"], volume_node.GetID(), label, heatmap,
-                                          mrml.ijk_to_ras(volume_node), document.get("model_version"),
+                                          transforms.ijk_to_ras(volume_node), document.get("model_version"),
                                           server_regions, _float(document.get("flag_threshold")),
                                           segmentation.GetID(), RegionParams.from_dict(document.get("region_params")))
         self.regions = []
@@ -598,8 +611,8 @@ class LabelingLogic:
         do not make a prediction of this volume."""
         try:
             classes = self.server.classes if self.server else self._classes_from_segments(segmentation_node)
-            label, _ = mrml.segmentation_to_labelmap(segmentation_node, volume_node, classes, self.scene)
-            heatmap = mrml.array_ijk(heatmap_node).astype(np.float32)
+            label, _ = segmentations.segmentation_to_labelmap(segmentation_node, volume_node, classes, self.scene)
+            heatmap = volumes.array_ijk(heatmap_node).astype(np.float32)
             if heatmap.shape != label.shape:
                 return False
             saved, saved_threshold, saved_params = _saved_regions(
@@ -612,10 +625,10 @@ class LabelingLogic:
         elif saved_threshold is not None:
             self.threshold = saved_threshold
         self._restored_classes = classes
-        model = segmentation_node.GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE)
+        model = segmentation_node.GetAttribute(attributes.MODEL_VERSION_ATTRIBUTE)
         self.prediction = PredictionState(
-            segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
-            mrml.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
+            segmentation_node.GetAttribute(attributes.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
+            transforms.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
             [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID(),
             saved_params)
         self.regions = saved
@@ -657,7 +670,7 @@ class LabelingLogic:
         changed = force or abs(threshold - self.threshold) > 1e-9
         self.threshold = threshold
         if heatmap_node is not None:
-            mrml.set_heatmap_threshold(heatmap_node, threshold)
+            heatmap_layer.set_heatmap_threshold(heatmap_node, threshold)
         if self.prediction is None or not changed:
             return
         state = self.prediction
@@ -710,7 +723,7 @@ class LabelingLogic:
         state = self.prediction
         node = self.scene.GetNodeByID(state.segmentation_id) if state is not None and state.segmentation_id else None
         if node is not None:
-            node.SetAttribute(mrml.REGIONS_ATTRIBUTE, json.dumps(
+            node.SetAttribute(attributes.REGIONS_ATTRIBUTE, json.dumps(
                 {"threshold": self.regions_threshold, "region_params": state.region_params.to_dict(),
                  "regions": [r.to_dict() for r in self.regions]}))
 
@@ -732,7 +745,7 @@ class LabelingLogic:
         volume = volume_node
         if volume is None and self.prediction is not None:
             volume = self.scene.GetNodeByID(self.prediction.volume_id)
-        mrml.center_slice_views_on(mrml.region_center_ras(region.to_dict(), volume), self.scene)
+        navigation.center_slice_views_on(navigation.region_center_ras(region.to_dict(), volume), self.scene)
         self.current_region = index
         self.current_region_changed.emit(index)
         return region
@@ -764,16 +777,16 @@ class LabelingLogic:
         def with_case(case_id: str) -> None:
             server = self.server
             try:
-                label, skipped = mrml.segmentation_to_labelmap(segmentation_node, volume_node, server.classes,
+                label, skipped = segmentations.segmentation_to_labelmap(segmentation_node, volume_node, server.classes,
                                                                self.scene)
                 to_case_grid, case_matrix = self._case_grid_mapper(volume_node, label.shape)
-            except (mrml.SceneError, grids.GridMismatch) as exc:
+            except (nodes.SceneError, grids.GridMismatch) as exc:
                 self._fail("submit", str(exc))
                 return
             path = self._temp_path(f"{_safe_name(case_id)}-label.nrrd")
             parent = parent_version
             if parent is None:
-                parent = int(segmentation_node.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE) or 0)
+                parent = int(segmentation_node.GetAttribute(attributes.LABEL_VERSION_ATTRIBUTE) or 0)
             if skipped:
                 self.status.emit(f"Not submitted (not project classes): {', '.join(skipped)}.")
 
@@ -784,8 +797,8 @@ class LabelingLogic:
                     case_id, path, author=author, parent_version=parent)
 
             def done(version: dict) -> None:
-                segmentation_node.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(version["version"]))
-                segmentation_node.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
+                segmentation_node.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(version["version"]))
+                segmentation_node.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case_id)
                 self.status.emit(f"Submitted label version {version['version']} of case {case_id} as {author}.")
                 self.submitted.emit(version)
 
@@ -813,9 +826,9 @@ class LabelingLogic:
         :class:`~.grids.GridMismatch` when they are not the same voxels. The mapper is numpy only."""
         text = volume_node.GetAttribute(CASE_GRID_ATTRIBUTE)
         if not text:
-            return (lambda array: array), mrml.ijk_to_ras(volume_node)
+            return (lambda array: array), transforms.ijk_to_ras(volume_node)
         matrix, case_shape = grids.grid_from_json(text)
-        return grids.array_mapper(mrml.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
+        return grids.array_mapper(transforms.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
 
     def load_label_version(self, volume_node, case_id: str, version: int | str = "latest") -> None:
         """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict):
@@ -832,10 +845,10 @@ class LabelingLogic:
             info = versions[-1] if version == "latest" and versions else \
                 next((v for v in versions if str(v.get("version")) == str(version)), {})
             name = f"{volume_node.GetName()} label v{info.get('version', version)} by {info.get('author', '?')}"
-            segmentation = mrml.labelmap_to_segmentation(label, volume_node, self.server.classes, name=name,
+            segmentation = segmentations.labelmap_to_segmentation(label, volume_node, self.server.classes, name=name,
                                                          scene=self.scene)
-            segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
-            segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
+            segmentation.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case_id)
+            segmentation.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
             self.status.emit(f"Loaded {name}.")
             self.label_loaded.emit(segmentation)
 
@@ -899,14 +912,14 @@ class LabelingLogic:
             self._fail("export", "Select the volume and its segmentation first.")
             return None
         folder = Path(folder or Path.home())
-        case = mrml.case_id(volume_node) or segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE)
+        case = ownership.case_id(volume_node) or segmentation_node.GetAttribute(attributes.CASE_ID_ATTRIBUTE)
         stem = _safe_name(case or segmentation_node.GetName())
         target = folder / f"{stem}{EXPORT_FORMATS[fmt]}"
         if fmt != "dicom-seg":
             classes = self.server.classes if self.server else self._classes_from_segments(segmentation_node)
             try:
-                path = mrml.export_segmentation(segmentation_node, target, volume_node, classes, self.scene)
-            except (mrml.SceneError, OSError) as exc:
+                path = files.export_segmentation(segmentation_node, target, volume_node, classes, self.scene)
+            except (nodes.SceneError, OSError) as exc:
                 self._fail("export", f"Export failed: {exc}")
                 return None
             self.status.emit(f"Exported {path}.")
@@ -919,7 +932,7 @@ class LabelingLogic:
             self._fail("export", "DICOM SEG needs a volume that came from DICOM (load the series with Slicer's "
                                  "DICOM module, then upload it).")
             return None
-        version = segmentation_node.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE)
+        version = segmentation_node.GetAttribute(attributes.LABEL_VERSION_ATTRIBUTE)
         version = int(version) if version and version != "0" else None
         if version is None:
             self._fail("export", "Submit the segmentation first: DICOM SEG is made from a submitted label version.")
@@ -936,11 +949,11 @@ class LabelingLogic:
         return target
 
     @staticmethod
-    def _classes_from_segments(segmentation_node) -> list[mrml.SegmentClass]:
+    def _classes_from_segments(segmentation_node) -> list[terminology.SegmentClass]:
         out = []
-        for entry in mrml.segment_summary(segmentation_node):
+        for entry in terminology.segment_summary(segmentation_node):
             if entry["value"] is not None:
-                out.append(mrml.SegmentClass(entry["value"], entry["name"], tuple(entry["color"])))
+                out.append(terminology.SegmentClass(entry["value"], entry["name"], tuple(entry["color"])))
         return out
 
 
@@ -949,7 +962,7 @@ def _saved_regions(segmentation_node, regions_json: str | None,
     """The regions saved for a prediction, the threshold they are for and the server's region parameters:
     the segmentation's ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``);
     ``([], None, defaults)`` when nothing was saved (then they are recomputed)."""
-    text = segmentation_node.GetAttribute(mrml.REGIONS_ATTRIBUTE)
+    text = segmentation_node.GetAttribute(attributes.REGIONS_ATTRIBUTE)
     if text:
         saved = json.loads(text)
         found = _float(saved.get("threshold"))
@@ -968,6 +981,6 @@ def _safe_name(name: str) -> str:
 
 def _is_expected(exc: BaseException) -> bool:
     try:
-        return isinstance(exc, (_client_module().SynergyPLError, grids.GridMismatch, mrml.SceneError))
+        return isinstance(exc, (_client_module().SynergyPLError, grids.GridMismatch, nodes.SceneError))
     except ImportError:
         return False
