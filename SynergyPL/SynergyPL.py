@@ -43,10 +43,21 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin  # noqa: E402
-from SynergyPLModuleLib import mrml  # noqa: E402
 from SynergyPLModuleLib.background import POLL_INTERVAL_MS, BackgroundRunner  # noqa: E402
 from SynergyPLModuleLib.local_server import ServerConfigError, free_port, serve_command  # noqa: E402
 from SynergyPLModuleLib.logic import LabelingLogic, default_author, training_summary  # noqa: E402
+from SynergyPLModuleLib.scene import (  # noqa: E402
+    attributes,
+    files,
+    heatmap_layer,
+    navigation,
+    ownership,
+    segment_editor,
+    segmentations,
+    terminology,
+    transforms,
+    volumes,
+)
 from SynergyPLModuleLib.server_process import FAILED as SERVER_FAILED  # noqa: E402
 from SynergyPLModuleLib.server_process import QProcessDriver, ServerProcess  # noqa: E402
 from SynergyPLModuleLib.transfers import panel_client_factory  # noqa: E402
@@ -228,7 +239,10 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Developer reload: also reload the Qt-free lib (Slicer reloads only this file)."""
         import importlib
 
-        for name in ("signals", "background", "grids", "mrml", "nrrdfile", "messages", "local_server",
+        scene_modules = tuple(f"scene.{name}" for name in (
+            "nodes", "attributes", "transforms", "volumes", "terminology", "segmentations", "files", "ownership",
+            "slice_views", "heatmap_layer", "navigation", "segment_editor"))  # in import order
+        for name in ("signals", "background", "grids", *scene_modules, "nrrdfile", "messages", "local_server",
                      "server_process", "transfers", "workflows.base", "workflows.connection", "workflows.cases",
                      "workflows.prediction", "workflows.review", "workflows.labels", "workflows.training",
                      "workflows.export", "logic"):
@@ -257,13 +271,13 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._hideNonCaseVolumes()
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            cases = mrml.case_volumes(slicer.mrmlScene)
+            cases = ownership.case_volumes(slicer.mrmlScene)
             if cases:
                 self._parameterNode.inputVolume = cases[0]
 
     def _hideNonCaseVolumes(self, caller=None, event=None) -> None:
         """The case selector offers images only, never the heatmaps and region maps the panel made."""
-        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = mrml.non_case_volume_ids(slicer.mrmlScene)
+        self.ui.inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = ownership.non_case_volume_ids(slicer.mrmlScene)
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -298,7 +312,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applied = current
         # A changed URL is applied on editingFinished and before each action, not here (every keystroke).
         if p.heatmap and changed & {"opacity", "visible"}:
-            mrml.set_heatmap_visible(p.heatmap, p.heatmapVisible, p.heatmapOpacity)
+            heatmap_layer.set_heatmap_visible(p.heatmap, p.heatmapVisible, p.heatmapOpacity)
         if "threshold" in changed:
             self.labeling.set_threshold(p.confidenceThreshold, heatmap_node=p.heatmap)
         if "volume" in changed:
@@ -310,7 +324,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Another volume was chosen: select the segmentation and heatmap made for it (or none), so that
         a pseudo-label never lands in another case's segmentation."""
         volume = p.inputVolume
-        segmentation, heatmap = mrml.nodes_for_volume(volume, p.segmentation, p.heatmap)
+        segmentation, heatmap = ownership.nodes_for_volume(volume, p.segmentation, p.heatmap)
         if segmentation is not p.segmentation:
             p.segmentation = segmentation
         if heatmap is not p.heatmap:
@@ -435,8 +449,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         p.segmentation = segmentation
         p.heatmap = heatmap
-        mrml.set_heatmap_visible(heatmap, p.heatmapVisible, p.heatmapOpacity)
-        self.ui.labelVersionLabel.text = f"label: from v{segmentation.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE)}"
+        heatmap_layer.set_heatmap_visible(heatmap, p.heatmapVisible, p.heatmapOpacity)
+        self.ui.labelVersionLabel.text = f"label: from v{segmentation.GetAttribute(attributes.LABEL_VERSION_ATTRIBUTE)}"
 
     def _onModelVersionChanged(self, version) -> None:
         self.ui.modelVersionLabel.text = f"model: v{version}" if version is not None else "model: none yet"
@@ -504,7 +518,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.segmentation or not p.inputVolume:
             self._showError("segment editor", "Pseudo-label first (or choose a segmentation and a volume).")
             return
-        mrml.configure_segment_editor(p.segmentation, p.inputVolume)
+        segment_editor.configure_segment_editor(p.segmentation, p.inputVolume)
         slicer.util.selectModule("SegmentEditor")
         editorWidget = slicer.modules.segmenteditor.widgetRepresentation().self()
         editor = getattr(editorWidget, "editor", None)
@@ -665,28 +679,28 @@ class SynergyPLTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Scene helpers")
         direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-        matrix = mrml.ijk_to_ras_from_lps((0.8, 0.9, 1.5), (10.0, -20.0, 5.0), direction)
+        matrix = transforms.ijk_to_ras_from_lps((0.8, 0.9, 1.5), (10.0, -20.0, 5.0), direction)
         image = np.random.default_rng(0).normal(size=(20, 24, 12)).astype(np.float32)
-        volume = mrml.add_volume_from_array(image, matrix, "SynergyPL test volume")
+        volume = volumes.add_volume_from_array(image, matrix, "SynergyPL test volume")
         label = np.zeros(image.shape, np.uint8)
         label[3:8, 4:12, 2:6] = 1
         label[10:15, 5:20, 4:9] = 2
-        classes = mrml.classes_from_dicts([{"value": 1, "name": "A", "color": [255, 0, 0]},
+        classes = terminology.classes_from_dicts([{"value": 1, "name": "A", "color": [255, 0, 0]},
                                            {"value": 2, "name": "B", "color": [0, 255, 0]}])
-        segmentation = mrml.labelmap_to_segmentation(label, volume, classes)
-        back, _ = mrml.segmentation_to_labelmap(segmentation, volume, classes)
+        segmentation = segmentations.labelmap_to_segmentation(label, volume, classes)
+        back, _ = segmentations.segmentation_to_labelmap(segmentation, volume, classes)
         self.assertTrue(np.array_equal(back, label))
-        heat = mrml.show_heatmap(np.linspace(0, 1, image.size, dtype=np.float32).reshape(image.shape), volume)
+        heat = heatmap_layer.show_heatmap(np.linspace(0, 1, image.size, dtype=np.float32).reshape(image.shape), volume)
         layout = slicer.app.layoutManager()
         composite = layout.sliceWidget("Red").mrmlSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), heat.GetID())
-        mrml.center_slice_views_on((1.0, 2.0, 3.0))
-        center = mrml.slice_view_center_ras(layout.sliceWidget("Red").mrmlSliceNode())
+        navigation.center_slice_views_on((1.0, 2.0, 3.0))
+        center = navigation.slice_view_center_ras(layout.sliceWidget("Red").mrmlSliceNode())
         self.assertTrue(np.allclose(center, (1.0, 2.0, 3.0), atol=1e-3))
         path = Path(tempfile.mkdtemp()) / "test.seg.nrrd"
-        mrml.export_segmentation(segmentation, path, volume)
+        files.export_segmentation(segmentation, path, volume)
         loaded = slicer.util.loadSegmentation(str(path))
-        again, _ = mrml.segmentation_to_labelmap(loaded, volume, classes)
+        again, _ = segmentations.segmentation_to_labelmap(loaded, volume, classes)
         self.assertTrue(np.array_equal(again, label))
         self.delayDisplay("Scene helpers passed")
 

@@ -1,6 +1,6 @@
 """The labeling loop: what each button of the panel does, without Qt.
 
-:class:`LabelingLogic` drives the service's HTTP client and the scene helpers of :mod:`.mrml`. Every
+:class:`LabelingLogic` drives the service's HTTP client and the scene helpers of :mod:`.scene`. Every
 action is split in three:
 
 1. on the GUI thread, read what is needed from the scene (write the volume or the label to a file);
@@ -33,7 +33,6 @@ from pathlib import Path
 
 from SynergyPLLib.common.regions import Region
 
-from . import mrml
 from .background import BackgroundRunner, CallHandle
 from .messages import (  # noqa: F401 - re-exported for the widget and tests
     DICOM_UIDS_ATTRIBUTE,
@@ -47,6 +46,7 @@ from .messages import (  # noqa: F401 - re-exported for the widget and tests
     describe_error,
     training_summary,
 )
+from .scene import terminology
 from .signals import Signal
 from .workflows.base import (  # noqa: F401 - re-exported for the widget and tests
     CASE_GRID_ATTRIBUTE,
@@ -107,7 +107,7 @@ class LabelingLogic(ConnectionWorkflow, CasesWorkflow, PredictionWorkflow, Revie
         self.current_region = -1
         self._handles: dict[str, CallHandle] = {}
         self._sequence = 0
-        self._restored_classes: list[mrml.SegmentClass] = []
+        self._restored_classes: list[terminology.SegmentClass] = []
         self._scene_generation = 0  # +1 each time the scene is closed
         self._scene_observers: list[tuple[object, int]] = []
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from SynergyPLLib.common.job_status import JobStatus
 
-from . import grids, mrml
+from . import grids
 from .background import CallCancelled
+from .scene import nodes, terminology
 
 DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM module on volumes it loaded
 
@@ -45,7 +46,7 @@ def describe_error(exc: BaseException) -> str:
         if exc.status >= 500:
             return f"The server failed while handling the request (HTTP {exc.status}): {exc.message}"
         return f"The server refused the request: {exc.message}"
-    if isinstance(exc, (grids.GridMismatch, mrml.SceneError)):
+    if isinstance(exc, (grids.GridMismatch, nodes.SceneError)):
         return str(exc)
     if isinstance(exc, CallCancelled):
         return "Cancelled."
@@ -61,7 +62,7 @@ class ServerInfo:
     device: str
     server_version: str
     active_model: int | None
-    classes: list[mrml.SegmentClass]
+    classes: list[terminology.SegmentClass]
     cases: dict = field(default_factory=dict)
     training_job: dict | None = None
 

@@ -2,7 +2,7 @@
 
 The panel uploads volumes and submits labels as NRRD files. Slicer's own writer needs the scene, so it
 runs on the GUI thread, where gzip-compressing a large CT freezes the panel. Here the GUI thread only
-copies the voxels (:func:`SynergyPLModuleLib.mrml.array_ijk`) and the IJK-to-RAS matrix; the file is
+copies the voxels (:func:`SynergyPLModuleLib.scene.volumes.array_ijk`) and the IJK-to-RAS matrix; the file is
 written by the background task. zlib releases the GIL while it compresses, so the GUI stays responsive.
 (pynrrd would do the same but is not part of Slicer's Python; the header is the few lines NRRD needs.)
 
@@ -76,7 +76,7 @@ def write_nrrd(path: str | os.PathLike, array: np.ndarray, ijk_to_ras: np.ndarra
         array = array.astype(np.uint8)
     header = nrrd_header(array.shape, array.dtype, ijk_to_ras, compress)
     # NRRD stores the first axis fastest: that is the C order of the [k, j, i] transpose (a view when the
-    # array came from mrml.array_ijk).
+    # array came from volumes.array_ijk).
     data = np.ascontiguousarray(array.T, dtype=array.dtype.newbyteorder("<"))
     raw = memoryview(data.reshape(-1).view(np.uint8))
     path.parent.mkdir(parents=True, exist_ok=True)

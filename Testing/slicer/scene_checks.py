@@ -8,18 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import slicer
-from SynergyPLModuleLib.mrml import (
-    LPS_TO_RAS,
-    ROLE_ATTRIBUTE,
-    SceneError,
-    SegmentClass,
-    _oriented_image,
-    _strip_extensions,
-    get_scene,
-    reference_to_segmentation,
-    segment_mask,
-    set_slice_layers,
-)
+from SynergyPLModuleLib.scene.attributes import ROLE_ATTRIBUTE
+from SynergyPLModuleLib.scene.files import read_node_file, strip_extensions
+from SynergyPLModuleLib.scene.nodes import SceneError, get_scene
+from SynergyPLModuleLib.scene.segmentations import oriented_image, segment_mask
+from SynergyPLModuleLib.scene.slice_views import set_slice_layers
+from SynergyPLModuleLib.scene.terminology import SegmentClass
+from SynergyPLModuleLib.scene.transforms import LPS_TO_RAS, reference_to_segmentation
 
 
 def geometry_lps(ijk_to_ras_matrix: np.ndarray) -> dict:
@@ -71,10 +66,10 @@ def set_segment_mask(segmentation_node, segment_id: str, mask: np.ndarray, refer
             current = segment_mask(segmentation_node, other, reference_volume, scene)
             if (current & mask).any():
                 slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    _oriented_image(current & ~mask, matrix), segmentation_node, other,
+                    oriented_image(current & ~mask, matrix), segmentation_node, other,
                     slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            _oriented_image(mask, matrix), segmentation_node, segment_id,
+            oriented_image(mask, matrix), segmentation_node, segment_id,
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
         raise SceneError(f"could not set segment {segment_id}")
 
@@ -93,15 +88,5 @@ def load_segmentation_file(path: str | os.PathLike, name: str | None = None, sce
     """Read a ``.seg.nrrd`` into a new segmentation node with Slicer's reader."""
     scene = get_scene(scene)
     path = Path(path)
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _strip_extensions(path.name))
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(str(path))
-    scene.AddNode(storage)
-    try:
-        if not storage.ReadData(node):
-            scene.RemoveNode(node)
-            raise SceneError(f"{path}: Slicer could not read this segmentation")
-    finally:
-        scene.RemoveNode(storage)
-    node.CreateDefaultDisplayNodes()
-    return node
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or strip_extensions(path.name))
+    return read_node_file(slicer.vtkMRMLSegmentationStorageNode(), node, path, "this segmentation", scene)

@@ -244,8 +244,16 @@ def render_panel(ui_file: Path, state: dict, path: Path, width: int = 400) -> Pa
 def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path | None = None) -> list[Path]:
     """Upload + pseudo-label ``image`` with the panel's logic, then render the views and the panel."""
     import scene_checks
-    from SynergyPLModuleLib import mrml
     from SynergyPLModuleLib.logic import LabelingLogic
+    from SynergyPLModuleLib.scene import (
+        files,
+        heatmap_layer,
+        ownership,
+        segmentations,
+        slice_views,
+        transforms,
+        volumes,
+    )
 
     app, views = make_slicer_app(size)
     logic = LabelingLogic(scene=app.scene)
@@ -253,7 +261,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     logic.status.connect(statuses.append)
     logic.error.connect(lambda action, message: statuses.append(f"ERROR {action}: {message}"))
     logic.configure(url, project=project)  # the server's token from its project folder
-    volume = mrml.read_volume_file(image, scene=app.scene)
+    volume = files.read_volume_file(image, scene=app.scene)
     produced = {}
     logic.prediction_ready.connect(lambda seg, heat: produced.update(seg=seg, heat=heat))
     logic.pseudo_label(volume, opacity=0.6)
@@ -265,7 +273,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     # Slicer's slice logic blends like the fill looks in Slicer.
     segmentation.GetDisplayNode().SetOpacity2DFill(0.0)
     segmentation.GetDisplayNode().SetOpacity2DOutline(1.0)
-    mrml.set_heatmap_visible(heatmap, True, 0.6, app.scene)
+    heatmap_layer.set_heatmap_visible(heatmap, True, 0.6, app.scene)
     logic.set_threshold(0.5, heatmap_node=heatmap)
     logic.runner.wait(timeout=120)  # regions not from the server are found by a background task
     focus = next((i for i, r in enumerate(logic.regions)
@@ -293,12 +301,12 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     zoom_views(views, 1.4)
     shot("slice_views.png", f"Pseudo-label of {volume.GetName()} (model v{logic.model_version}): confidence "
                             "heatmap (red = unsure) over the image, segment outlines, centred on a flagged region")
-    mrml.set_heatmap_visible(heatmap, False, 0.6, app.scene)
+    heatmap_layer.set_heatmap_visible(heatmap, False, 0.6, app.scene)
     classes = logic.server.classes
-    label, _ = mrml.segmentation_to_labelmap(segmentation, volume, classes, app.scene)
-    fill = mrml.add_volume_from_array(label, mrml.ijk_to_ras(volume), "fill", "vtkMRMLLabelMapVolumeNode", app.scene)
+    label, _ = segmentations.segmentation_to_labelmap(segmentation, volume, classes, app.scene)
+    fill = volumes.add_volume_from_array(label, transforms.ijk_to_ras(volume), "fill", "vtkMRMLLabelMapVolumeNode", app.scene)
     fill.GetDisplayNode().SetAndObserveColorNodeID(scene_checks.class_color_table(classes, scene=app.scene).GetID())
-    for composite in mrml.slice_composite_nodes(app.scene):
+    for composite in slice_views.slice_composite_nodes(app.scene):
         composite.SetLabelVolumeID(fill.GetID())
         composite.SetLabelOpacity(0.4)
     shot("segmentation.png", "The same views with the heatmap hidden: the editable segmentation (Anterior, Posterior)")
@@ -312,7 +320,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
                 ", ".join(c for c in r.classes if c != "background") or "background")
                for i, r in enumerate(logic.regions[:8])]
     state = {
-        "labels": {"serverStatusLabel": server.summary(), "caseIdLabel": mrml.case_id(volume) or "",
+        "labels": {"serverStatusLabel": server.summary(), "caseIdLabel": ownership.case_id(volume) or "",
                    "modelVersionLabel": f"model: v{logic.model_version}",
                    "regionsSummaryLabel": f"1 of {len(logic.regions)} reviewed",
                    "labelVersionLabel": "label: from v0",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import scene_checks
-from SynergyPLModuleLib import mrml
+from SynergyPLModuleLib.scene import attributes, ownership, segmentations, terminology, volumes
 
 
 class Recorder:
@@ -60,13 +60,13 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     log("connect and upload")
     logic.upload(volume_node)
     step("upload", 120)
-    case_id = mrml.case_id(volume_node, logic.server.key)
+    case_id = ownership.case_id(volume_node, logic.server.key)
     if not case_id:
         raise AssertionError("upload: the volume has no case id attribute")
     out["case_id"] = case_id
     logic.upload(volume_node)  # remembered: no second upload
     step("upload again", 60)
-    if mrml.case_id(volume_node, logic.server.key) != case_id:
+    if ownership.case_id(volume_node, logic.server.key) != case_id:
         raise AssertionError("upload: a second upload changed the case id")
 
     log("pseudo-label")
@@ -77,12 +77,12 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     segmentation, heatmap = produced.get("segmentation"), produced.get("heatmap")
     if segmentation is None or heatmap is None:
         raise AssertionError("pseudo-label: no segmentation or heatmap arrived")
-    names = [s["name"] for s in mrml.segment_summary(segmentation)]
+    names = [s["name"] for s in terminology.segment_summary(segmentation)]
     expected_names = [c.name for c in logic.server.classes]
     if names != expected_names:
         raise AssertionError(f"pseudo-label: segments {names}, project classes {expected_names}")
-    heat = mrml.array_ijk(heatmap)
-    if heat.shape != mrml.array_ijk(volume_node).shape or not (0 <= heat.min() and heat.max() <= 1):
+    heat = volumes.array_ijk(heatmap)
+    if heat.shape != volumes.array_ijk(volume_node).shape or not (0 <= heat.min() and heat.max() <= 1):
         raise AssertionError("pseudo-label: the heatmap does not cover the volume with values in [0, 1]")
     out.update(segmentation=segmentation, heatmap=heatmap, model_before=logic.model_version,
                regions=list(logic.regions))
@@ -91,14 +91,14 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
 
     log("edit and submit")
     first = logic.server.classes[0]
-    ids = mrml.segment_ids_by_value(segmentation, logic.server.classes)
+    ids = terminology.segment_ids_by_value(segmentation, logic.server.classes)
     shape = heat.shape
     cube = np.zeros(shape, bool)
     centre = [s // 2 for s in shape]
     cube[tuple(slice(c - 2, c + 3) for c in centre)] = True
-    current = mrml.segment_mask(segmentation, ids[first.value], volume_node, scene)
+    current = segmentations.segment_mask(segmentation, ids[first.value], volume_node, scene)
     scene_checks.set_segment_mask(segmentation, ids[first.value], current | cube, volume_node, scene=scene)
-    expected, _ = mrml.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
+    expected, _ = segmentations.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
     if not (expected[cube] == first.value).all():
         raise AssertionError("edit: the painted cube is not in the label map")
     logic.submit(volume_node, segmentation, author=author)
@@ -115,18 +115,18 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     logic.label_loaded.connect(lambda seg: loaded.update(seg=seg))
     logic.load_label_version(volume_node, case_id, version["version"])
     step("load label", 60)
-    back, _ = mrml.segmentation_to_labelmap(loaded["seg"], volume_node, logic.server.classes, scene)
+    back, _ = segmentations.segmentation_to_labelmap(loaded["seg"], volume_node, logic.server.classes, scene)
     if not np.array_equal(back, expected):
         raise AssertionError("submit: the server's label version differs from the submitted segmentation")
     scene.RemoveNode(loaded["seg"])
 
     log("conflict")
-    before, _ = mrml.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
+    before, _ = segmentations.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
     logic.submit(volume_node, segmentation, author="someone else", parent_version=max(0, version["version"] - 1))
     step("conflicting submit", 60)
     if not record.conflicts:
         raise AssertionError("conflict: a stale parent version was not reported as a conflict")
-    after, _ = mrml.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
+    after, _ = segmentations.segmentation_to_labelmap(segmentation, volume_node, logic.server.classes, scene)
     if not np.array_equal(before, after):
         raise AssertionError("conflict: the local segmentation changed")
     out["conflict"] = record.conflicts[-1]
@@ -145,21 +145,21 @@ def run_labeling_loop(logic, volume_node, export_folder: str | Path, wait: Calla
     logic.prediction_ready.connect(lambda seg, heat: fresh.update(segmentation=seg))
     logic.pseudo_label(volume_node, heatmap_node=heatmap)
     step("pseudo-label after retraining", 600)
-    if fresh["segmentation"].GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE) != str(logic.model_version):
+    if fresh["segmentation"].GetAttribute(attributes.MODEL_VERSION_ATTRIBUTE) != str(logic.model_version):
         raise AssertionError("pseudo-label after retraining did not use the new model")
     out["segmentation_after"] = fresh["segmentation"]
 
     log("export .seg.nrrd and reload it")
     # Export what was submitted (the earlier, edited labels) from a segmentation holding them.
-    reference = mrml.labelmap_to_segmentation(expected, volume_node, logic.server.classes,
+    reference = segmentations.labelmap_to_segmentation(expected, volume_node, logic.server.classes,
                                               name="submitted", scene=scene)
     path = logic.export(volume_node, reference, "seg.nrrd", export_folder)
     record.check_no_errors("export")
     reloaded = scene_checks.load_segmentation_file(path, scene=scene)
-    again, _ = mrml.segmentation_to_labelmap(reloaded, volume_node, logic.server.classes, scene)
+    again, _ = segmentations.segmentation_to_labelmap(reloaded, volume_node, logic.server.classes, scene)
     if not np.array_equal(again, expected):
         raise AssertionError("export: the reloaded .seg.nrrd differs from the segmentation")
-    if [s["name"] for s in mrml.segment_summary(reloaded)] != expected_names:
+    if [s["name"] for s in terminology.segment_summary(reloaded)] != expected_names:
         raise AssertionError("export: segment names were not kept")
     out.update(export_path=Path(path), reloaded=reloaded, expected=expected)
     log("loop done")

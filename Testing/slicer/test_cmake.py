@@ -121,7 +121,7 @@ import importlib
 {function}
 __file__ = {module_file!r}
 _make_client_importable()
-import SynergyPLLib.client, SynergyPLModuleLib.logic, SynergyPLModuleLib.mrml
+import SynergyPLLib.client, SynergyPLModuleLib.logic, SynergyPLModuleLib.scene.files
 from SynergyPLModuleLib.logic import LabelingLogic
 LabelingLogic(work_dir={work!r}).shutdown()
 heavy = [m for m in {heavy!r} if m in sys.modules]

@@ -21,9 +21,19 @@ import numpy as np
 import pytest
 import scene_checks
 import selftest
-from SynergyPLModuleLib import grids, mrml
+from SynergyPLModuleLib import grids
 from SynergyPLModuleLib.local_server import free_port
 from SynergyPLModuleLib.logic import LabelingLogic
+from SynergyPLModuleLib.scene import (
+    files,
+    navigation,
+    ownership,
+    segmentations,
+    slice_views,
+    terminology,
+    transforms,
+    volumes,
+)
 
 from SynergyPLLib.client import SynergyPLClient
 from SynergyPLLib.engine.io import read_volume
@@ -89,7 +99,7 @@ def test_labeling_loop_against_a_live_server(live_server, logic, mrml_env, hippo
     url, project = live_server
     logic.configure(url, project=project)
     image_path = hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz"
-    volume = mrml.read_volume_file(image_path, scene=mrml_env.scene)
+    volume = files.read_volume_file(image_path, scene=mrml_env.scene)
     started = time.monotonic()
     out = selftest.run_labeling_loop(logic, volume, tmp_path / "export", lambda t: _wait(logic, t),
                                      retrain_iterations=2, log=lambda m: print(f"{time.monotonic() - started:7.1f} s  {m}"))
@@ -107,7 +117,7 @@ def test_labeling_loop_against_a_live_server(live_server, logic, mrml_env, hippo
     case = client.get_case(out["case_id"])
     matrix, shape = grids.case_grid(case)
     assert shape == tuple(volume.GetImageData().GetDimensions())
-    assert np.allclose(matrix, mrml.ijk_to_ras(volume), atol=1e-6)
+    assert np.allclose(matrix, transforms.ijk_to_ras(volume), atol=1e-6)
     assert case["latest_label"]["version"] == out["label_version"]["version"]
     label_file = client.download_label(out["case_id"], "latest", tmp_path / "latest.nrrd")
     server_label = read_volume(label_file, allow_constant=True)
@@ -116,15 +126,15 @@ def test_labeling_loop_against_a_live_server(live_server, logic, mrml_env, hippo
     # The heatmap in Slicer is the server's heatmap, voxel for voxel, on the volume's geometry.
     heat_file = client.download_prediction(out["case_id"], "heatmap", tmp_path / "heat.nrrd")
     server_heat = read_volume(heat_file, allow_constant=True)
-    assert np.array_equal(mrml.array_ijk(logic.scene.GetNodeByID(out["heatmap"].GetID())), server_heat.array)
-    assert np.allclose(mrml.ijk_to_ras(out["heatmap"]), server_heat.ijk_to_ras, atol=1e-6)
-    composite = mrml.slice_composite_nodes(logic.scene)[0]
+    assert np.array_equal(volumes.array_ijk(logic.scene.GetNodeByID(out["heatmap"].GetID())), server_heat.array)
+    assert np.allclose(transforms.ijk_to_ras(out["heatmap"]), server_heat.ijk_to_ras, atol=1e-6)
+    composite = slice_views.slice_composite_nodes(logic.scene)[0]
     assert composite.GetForegroundVolumeID() == out["heatmap"].GetID()
     assert composite.GetBackgroundVolumeID() == volume.GetID()
 
     # Segments carry the project's names, colours and terminology.
     info = client.info()
-    summary = mrml.segment_summary(out["segmentation"])
+    summary = terminology.segment_summary(out["segmentation"])
     for segment, cls in zip(summary, [c for c in info["classes"] if c["value"] > 0], strict=True):
         assert segment["name"] == cls["name"]
         assert np.allclose(segment["color"], np.array(cls["color"]) / 255.0, atol=1e-6)
@@ -146,7 +156,7 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
 
     url, project = live_server
     logic.configure(url, project=project)
-    volume = mrml.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
+    volume = files.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
     got: dict = {}
     logic.prediction_ready.connect(lambda seg, heat: got.update(seg=seg, heat=heat))
     logic.pseudo_label(volume)
@@ -160,7 +170,7 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
     assert _wait(logic, 120)
     regions = logic.regions
     assert got["heat"].GetDisplayNode().GetUpperThreshold() == pytest.approx(0.3)
-    reference = Volume(state.heatmap, **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
+    reference = Volume(state.heatmap, **scene_checks.geometry_lps(transforms.ijk_to_ras(volume)))
     expected = flag_regions(reference, reference.with_array(state.label), logic.class_names(), threshold=0.3,
                             min_voxels=logic.region_params().min_voxels, max_regions=logic.region_params().max_regions)
     assert [(r.rank, r.voxel_count, r.bbox_ijk) for r in regions] == \
@@ -169,8 +179,8 @@ def test_threshold_slider_recomputes_regions_like_the_engine(live_server, logic,
         logic.set_reviewed(0)
         region = logic.next_region()
         for slice_node in scene_checks.slice_nodes(logic.scene):
-            assert np.allclose(mrml.slice_view_center_ras(slice_node),
-                               mrml.region_center_ras(region.to_dict(), volume), atol=1e-6)
+            assert np.allclose(navigation.slice_view_center_ras(slice_node),
+                               navigation.region_center_ras(region.to_dict(), volume), atol=1e-6)
         logic.set_threshold(0.3)  # unchanged: keeps the reviewed tick
         assert logic.regions[0].reviewed
 
@@ -180,7 +190,7 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     url, project = live_server
     logic.configure(url, project=project)
     series = sorted((dicom_dir / "Study1" / "13_HCropVolume").glob("*.dcm"))
-    volume = mrml.read_volume_file(series[0], name="HCrop DICOM", scene=mrml_env.scene)
+    volume = files.read_volume_file(series[0], name="HCrop DICOM", scene=mrml_env.scene)
     uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in series}
     volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))  # what Slicer's DICOM module sets
     logic.dicom_files = lambda node: [uids[u] for u in node.GetAttribute("DICOM.instanceUIDs").split()]
@@ -192,12 +202,12 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     label = np.zeros(tuple(volume.GetImageData().GetDimensions()), np.uint8)
     label[10:20, 15:30, 8:20] = 1
     label[20:25, 15:30, 8:20] = 2
-    segmentation = mrml.labelmap_to_segmentation(label, volume, logic.server.classes, scene=mrml_env.scene)
+    segmentation = segmentations.labelmap_to_segmentation(label, volume, logic.server.classes, scene=mrml_env.scene)
     submitted = []
     logic.submitted.connect(submitted.append)
     logic.submit(volume, segmentation, author="dicom test")
     assert _wait(logic, 120) and not errors, errors
-    case_id = mrml.case_id(volume)
+    case_id = ownership.case_id(volume)
     case = SynergyPLClient(url, project=project).get_case(case_id)
     assert case["has_dicom"] and case["source_format"] != "nrrd"
 
@@ -213,7 +223,7 @@ def test_dicom_series_upload_then_dicom_seg_export(live_server, logic, mrml_env,
     # The server's copy of the label matches Slicer's segmentation voxel for voxel.
     server_label = read_volume(SynergyPLClient(url, project=project).download_label(case_id, "latest", tmp_path / "l.nrrd"),
                                allow_constant=True)
-    mapper = grids.array_mapper(mrml.ijk_to_ras(volume), label.shape, *grids.case_grid(case))
+    mapper = grids.array_mapper(transforms.ijk_to_ras(volume), label.shape, *grids.case_grid(case))
     assert np.array_equal(server_label.array, mapper(label))
 
 
@@ -221,7 +231,7 @@ def test_refused_input_and_cancel_leave_buttons_enabled(live_server, logic, mrml
     url, project = live_server
     logic.configure(url, project=project)
     record = selftest.Recorder(logic)
-    flat = mrml.add_volume_from_array(np.full((8, 9, 10), 7, np.int16), np.eye(4), "constant", scene=mrml_env.scene)
+    flat = volumes.add_volume_from_array(np.full((8, 9, 10), 7, np.int16), np.eye(4), "constant", scene=mrml_env.scene)
     logic.upload(flat)
     assert _wait(logic, 60)
     assert record.errors and record.errors[-1][0] == "upload"

@@ -10,9 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scene_checks
-from SynergyPLModuleLib import background, mrml
+from SynergyPLModuleLib import background
 from SynergyPLModuleLib import local_server as server
 from SynergyPLModuleLib.logic import LabelingLogic, TrainingProgress, describe_error
+from SynergyPLModuleLib.scene import (
+    attributes,
+    heatmap_layer,
+    navigation,
+    ownership,
+    segmentations,
+    slice_views,
+    terminology,
+    transforms,
+    volumes,
+)
 from SynergyPLModuleLib.signals import Signal
 
 from SynergyPLLib import client as real_client
@@ -186,7 +197,7 @@ def fake_logic(mrml_env, tmp_path):
 
 def _volume(scene, name, seed):
     data = np.random.default_rng(seed).integers(0, 100, (4, 5, 6)).astype(np.int16)
-    return mrml.add_volume_from_array(data, np.diag([-1.0, -1.0, 1.0, 1.0]), name, scene=scene)
+    return volumes.add_volume_from_array(data, np.diag([-1.0, -1.0, 1.0, 1.0]), name, scene=scene)
 
 
 def test_upload_is_done_once_and_a_taken_id_is_adopted_only_for_the_same_voxels(fake_logic, mrml_env):
@@ -196,7 +207,7 @@ def test_upload_is_done_once_and_a_taken_id_is_adopted_only_for_the_same_voxels(
     first = _volume(mrml_env.scene, "scan", 0)
     fake_logic.upload(first)
     assert fake_logic.runner.wait(timeout=10)
-    assert mrml.case_id(first) == "scan"
+    assert ownership.case_id(first) == "scan"
     fake_logic.upload(first)                      # remembered: no second upload
     assert fake_logic.runner.wait(timeout=10)
     assert [c for c in FakeClient.calls if c[0] == "upload"] == [("upload", "scan")]
@@ -204,11 +215,11 @@ def test_upload_is_done_once_and_a_taken_id_is_adopted_only_for_the_same_voxels(
     same = _volume(mrml_env.scene, "scan", 0)     # the same image loaded again: adopts the case
     fake_logic.upload(same)
     assert fake_logic.runner.wait(timeout=10)
-    assert mrml.case_id(same) == "scan"
+    assert ownership.case_id(same) == "scan"
     other = _volume(mrml_env.scene, "scan", 1)    # another image with the same name: a fresh id
     fake_logic.upload(other)
     assert fake_logic.runner.wait(timeout=10)
-    assert mrml.case_id(other) == "scan-2"
+    assert ownership.case_id(other) == "scan-2"
     assert not fake_logic.is_busy() and busy[-1] == ("upload", False)
     assert {a for a, _ in busy} == {"connect", "upload"}
 
@@ -218,15 +229,15 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     volume = _volume(scene, "scan", 0)
     label = np.zeros((4, 5, 6), np.uint8)
     label[1:3, 1:4, 1:5] = 1
-    classes = mrml.classes_from_dicts([{"value": 1, "name": "Anterior"}])
-    segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
+    classes = terminology.classes_from_dicts([{"value": 1, "name": "Anterior"}])
+    segmentation = segmentations.labelmap_to_segmentation(label, volume, classes, scene=scene)
     heat = np.ones((4, 5, 6), np.float32)
     heat[0:2, 0:2, 0:2] = 0.2
     heat[3, 4, 3:6] = 0.1
-    heatmap = mrml.show_heatmap(heat, volume, scene=scene)
+    heatmap = heatmap_layer.show_heatmap(heat, volume, scene=scene)
     from SynergyPLLib.common.regions import RegionParams, flag_regions
 
-    regions = flag_regions(heat, label, mrml.ijk_to_ras(volume), ["background", "Anterior"], RegionParams(0.5, 1))
+    regions = flag_regions(heat, label, transforms.ijk_to_ras(volume), ["background", "Anterior"], RegionParams(0.5, 1))
     regions[1].reviewed = True
     saved = json.dumps([r.to_dict() for r in regions])
 
@@ -240,8 +251,8 @@ def test_restore_from_a_saved_scene_keeps_regions_and_reviewed_ticks(fake_logic,
     assert fake_logic.runner.wait(timeout=10)
     assert [(r.voxel_count, r.reviewed) for r in fake_logic.regions] == [(3, True)]
     region = fake_logic.go_to_region(0)
-    assert np.allclose(mrml.slice_view_center_ras(scene_checks.slice_nodes(scene)[0]),
-                       mrml.region_center_ras(region.to_dict(), volume))
+    assert np.allclose(navigation.slice_view_center_ras(scene_checks.slice_nodes(scene)[0]),
+                       navigation.region_center_ras(region.to_dict(), volume))
 
 
 def test_actions_report_missing_input_without_staying_busy(fake_logic):
@@ -257,7 +268,7 @@ def test_actions_report_missing_input_without_staying_busy(fake_logic):
 
 def test_same_voxels_check_reads_through_slicer(fake_logic, mrml_env, tmp_path):
     volume = _volume(mrml_env.scene, "scan", 0)
-    image = Volume(mrml.array_ijk(volume), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(volumes.array_ijk(volume), **scene_checks.geometry_lps(transforms.ijk_to_ras(volume)))
     assert fake_logic._same_voxels(write_volume(image, tmp_path / "same.nrrd"), volume)
     image.array[0, 0, 0] += 1
     assert not fake_logic._same_voxels(write_volume(image, tmp_path / "other.nrrd"), volume)
@@ -332,7 +343,7 @@ def _predicting_logic(mrml_env, tmp_path, runner=None, **kwargs):
 
 
 def _prediction_for(case_id, volume, label, heat, regions_threshold=0.5):
-    image = Volume(mrml.array_ijk(volume).astype(np.float32), **scene_checks.geometry_lps(mrml.ijk_to_ras(volume)))
+    image = Volume(volumes.array_ijk(volume).astype(np.float32), **scene_checks.geometry_lps(transforms.ijk_to_ras(volume)))
     PredictingClient.predictions[case_id] = {
         "label": image.with_array(label.astype(np.uint8)), "heatmap": image.with_array(heat.astype(np.float32)),
         "document": {"model_version": 1, "classes": ["background", "Anterior"], "regions": [],
@@ -350,14 +361,14 @@ def _label_and_heat(shape=(12, 12, 12)):
 
 def _scan(scene, name):
     """A 12^3 image (1 mm voxels at the origin) with varying voxels, as the service requires."""
-    return mrml.add_volume_from_array(np.arange(12 ** 3, dtype=np.int16).reshape(12, 12, 12), np.eye(4), name,
+    return volumes.add_volume_from_array(np.arange(12 ** 3, dtype=np.int16).reshape(12, 12, 12), np.eye(4), name,
                                       scene=scene)
 
 
 def _upload(logic, volume):
     logic.upload(volume)
     assert logic.runner.wait(timeout=10)
-    return mrml.case_id(volume)
+    return ownership.case_id(volume)
 
 
 def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
@@ -370,7 +381,7 @@ def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     shift = np.eye(4)
     shift[0, 3] = 5.0
-    transform.SetMatrixTransformToParent(mrml.array_to_matrix(shift))
+    transform.SetMatrixTransformToParent(transforms.array_to_matrix(shift))
     volume.SetAndObserveTransformNodeID(transform.GetID())
     case_id = _upload(logic, volume)
     label, heat = _label_and_heat()
@@ -382,9 +393,9 @@ def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
     bounds = [0.0] * 6
     got["seg"].GetRASBounds(bounds)
     assert np.allclose(bounds, [6.5, 10.5, 1.5, 5.5, 1.5, 5.5])
-    assert np.allclose(mrml.ijk_to_world_ras(got["heat"]), mrml.ijk_to_world_ras(volume))
-    low = np.argwhere(mrml.array_ijk(got["heat"]) < 0.3)    # the heatmap's blob inside the segment, in mm
-    world = (mrml.ijk_to_world_ras(got["heat"]) @ np.c_[low, np.ones(len(low))].T)[:3]
+    assert np.allclose(transforms.ijk_to_world_ras(got["heat"]), transforms.ijk_to_world_ras(volume))
+    low = np.argwhere(volumes.array_ijk(got["heat"]) < 0.3)    # the heatmap's blob inside the segment, in mm
+    world = (transforms.ijk_to_world_ras(got["heat"]) @ np.c_[low, np.ones(len(low))].T)[:3]
     assert world.min(axis=1)[0] > bounds[0] and world.max(axis=1)[0] < bounds[1]
 
     logic.submit(volume, got["seg"], author="test")
@@ -392,7 +403,7 @@ def test_pseudo_label_and_submit_of_a_transformed_volume(mrml_env, tmp_path):
     (submitted_case, submitted), = PredictingClient.submitted
     assert submitted_case == case_id
     assert np.array_equal(submitted.array, label)
-    assert np.allclose(submitted.ijk_to_ras, mrml.ijk_to_ras(volume), atol=1e-9)   # the case's own grid
+    assert np.allclose(submitted.ijk_to_ras, transforms.ijk_to_ras(volume), atol=1e-9)   # the case's own grid
     logic.shutdown()
 
 
@@ -430,7 +441,7 @@ def test_closing_the_scene_forgets_the_prediction_and_drops_late_results(mrml_en
     PredictingClient.download_gate.set()
     assert logic.runner.wait(timeout=20)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
-    assert mrml.non_case_volume_ids(scene) == [] and logic.prediction is None
+    assert ownership.non_case_volume_ids(scene) == [] and logic.prediction is None
     assert any("scene was closed" in s for s in statuses)
     seen = len(emitted)
     logic.shutdown()
@@ -444,11 +455,11 @@ def test_regions_are_found_off_the_gui_thread_for_the_latest_threshold(mrml_env,
     runner = GatedRunner(gated={"regions"})
     logic = _predicting_logic(mrml_env, tmp_path, runner=runner)
     scene = mrml_env.scene
-    volume = mrml.add_volume_from_array(np.zeros((12, 12, 12), np.int16), np.eye(4), "scan", scene=scene)
+    volume = volumes.add_volume_from_array(np.zeros((12, 12, 12), np.int16), np.eye(4), "scan", scene=scene)
     label, heat = _label_and_heat()
-    classes = mrml.classes_from_dicts(CLASSES)
-    segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
-    heatmap = mrml.show_heatmap(heat, volume, scene=scene)
+    classes = terminology.classes_from_dicts(CLASSES)
+    segmentation = segmentations.labelmap_to_segmentation(label, volume, classes, scene=scene)
+    heatmap = heatmap_layer.show_heatmap(heat, volume, scene=scene)
     logic.min_region_voxels = 1
     start = flag_regions(heat, label, np.eye(4), ["background", "Anterior"], RegionParams(0.5, 1))
     start[1].reviewed = True                                  # the 0.4 blob (ranked second)
@@ -476,20 +487,20 @@ def test_upload_and_submit_write_their_gzip_nrrd_in_the_task(mrml_env, oblique_g
     logic.check_connection()
     assert runner.wait(timeout=10)
     image = Volume(np.random.default_rng(1).integers(-1000, 2000, (20, 24, 12)).astype(np.int16), **oblique_geometry)
-    volume = mrml.add_volume_from_array(image.array, image.ijk_to_ras, "ct", scene=mrml_env.scene)
+    volume = volumes.add_volume_from_array(image.array, image.ijk_to_ras, "ct", scene=mrml_env.scene)
 
     logic.upload(volume)
     assert logic.is_busy("upload") and not list((tmp_path / "work").rglob("*.nrrd"))   # not on the GUI thread
     runner.gate.set()
     assert runner.wait(timeout=20)
     uploaded = tmp_path / "uploaded.nrrd"
-    uploaded.write_bytes(FakeClient.images[mrml.case_id(volume)])
+    uploaded.write_bytes(FakeClient.images[ownership.case_id(volume)])
     again = read_volume(uploaded)
     assert np.array_equal(again.array, image.array) and again.same_geometry(image, tol=1e-9) is None
 
     label = np.zeros(image.shape, np.uint8)
     label[3:9, 4:15, 2:7] = 1
-    segmentation = mrml.labelmap_to_segmentation(label, volume, mrml.classes_from_dicts(CLASSES), scene=mrml_env.scene)
+    segmentation = segmentations.labelmap_to_segmentation(label, volume, terminology.classes_from_dicts(CLASSES), scene=mrml_env.scene)
     runner.gate.clear()
     logic.submit(volume, segmentation, author="test")
     assert logic.is_busy("submit") and not list((tmp_path / "work").rglob("*-label.nrrd"))
@@ -571,13 +582,13 @@ def test_choosing_a_volume_shows_its_prediction_again_or_forgets_it(mrml_env, tm
 def test_restore_never_raises_on_a_scene_it_cannot_use(fake_logic, mrml_env):
     scene = mrml_env.scene
     volume = _volume(scene, "scan", 0)
-    classes = mrml.classes_from_dicts(CLASSES)
-    segmentation = mrml.labelmap_to_segmentation(np.ones((4, 5, 6), np.uint8), volume, classes, scene=scene)
-    heatmap = mrml.show_heatmap(np.ones((4, 5, 6), np.float32), volume, scene=scene)
-    segmentation.SetAttribute(mrml.REGIONS_ATTRIBUTE, "{not json")
+    classes = terminology.classes_from_dicts(CLASSES)
+    segmentation = segmentations.labelmap_to_segmentation(np.ones((4, 5, 6), np.uint8), volume, classes, scene=scene)
+    heatmap = heatmap_layer.show_heatmap(np.ones((4, 5, 6), np.float32), volume, scene=scene)
+    segmentation.SetAttribute(attributes.REGIONS_ATTRIBUTE, "{not json")
     assert fake_logic.restore(volume, segmentation, heatmap, "[]", 0.5) is False
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no voxels")
-    segmentation.RemoveAttribute(mrml.REGIONS_ATTRIBUTE)
+    segmentation.RemoveAttribute(attributes.REGIONS_ATTRIBUTE)
     assert fake_logic.restore(volume, segmentation, empty, "[]", 0.5) is False
     assert fake_logic.restore(volume, segmentation, heatmap, '[{"rank": "x"}]', 0.5) is False
     assert fake_logic.restore(volume, segmentation, heatmap, "[]", 0.5) is True
@@ -589,25 +600,25 @@ def test_next_case_shows_the_case_and_fits_the_views(mrml_env, tmp_path):
     assert default_slice_logics() == []                      # outside the Slicer application
     scene = mrml_env.scene
     logic = _predicting_logic(mrml_env, tmp_path, slice_logics=lambda: mrml_env.slice_logics)
-    source = mrml.add_volume_from_array(np.arange(12 ** 3, dtype=np.int16).reshape(12, 12, 12),
+    source = volumes.add_volume_from_array(np.arange(12 ** 3, dtype=np.int16).reshape(12, 12, 12),
                                         np.diag([-2.0, -2.0, 3.0, 1.0]), "elsewhere", scene=scene)
     PredictingClient.next_id = _upload(logic, source)
     scene.RemoveNode(source)                                  # the next case is not in the scene yet
     for slice_node in scene_checks.slice_nodes(scene):
         slice_node.SetFieldOfView(2.0, 2.0, 1.0)
-    mrml.center_slice_views_on((300.0, 300.0, 300.0), scene)
+    navigation.center_slice_views_on((300.0, 300.0, 300.0), scene)
     loaded = []
     logic.next_case_loaded.connect(lambda volume, case: loaded.append(volume))
     logic.next_case()
     assert logic.runner.wait(timeout=20) and loaded
     volume = loaded[0]
-    assert mrml.case_id(volume) == PredictingClient.next_id
-    centre = (mrml.ijk_to_world_ras(volume) @ np.array([5.5, 5.5, 5.5, 1.0]))[:3]
-    for composite in mrml.slice_composite_nodes(scene):
+    assert ownership.case_id(volume) == PredictingClient.next_id
+    centre = (transforms.ijk_to_world_ras(volume) @ np.array([5.5, 5.5, 5.5, 1.0]))[:3]
+    for composite in slice_views.slice_composite_nodes(scene):
         assert composite.GetBackgroundVolumeID() == volume.GetID()
     for slice_node in scene_checks.slice_nodes(scene):
         assert max(slice_node.GetFieldOfView()[:2]) >= 24.0, slice_node.GetName()
-        offset = np.asarray(mrml.slice_view_center_ras(slice_node)) - centre
-        normal = mrml.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
+        offset = np.asarray(navigation.slice_view_center_ras(slice_node)) - centre
+        normal = transforms.matrix_to_array(slice_node.GetSliceToRAS())[:3, 2]
         assert np.allclose(offset - normal * (offset @ normal), 0.0, atol=1e-6), slice_node.GetName()
     logic.shutdown()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import mrml, nrrdfile
+from SynergyPLModuleLib import nrrdfile
+from SynergyPLModuleLib.scene import files, transforms, volumes
 
 from SynergyPLLib.engine.io import Volume, read_volume
 
@@ -20,10 +21,10 @@ def test_written_nrrd_reads_back_exactly(mrml_env, oblique_geometry, tmp_path, d
     path = nrrdfile.write_nrrd(tmp_path / "image.nrrd", array, image.ijk_to_ras)
     expected = array.astype(np.uint8) if dtype == np.bool_ else array
 
-    node = mrml.read_volume_file(path, scene=mrml_env.scene)     # Slicer's reader
-    assert np.array_equal(mrml.array_ijk(node), expected)
-    assert mrml.array_ijk(node).dtype == expected.dtype
-    assert np.allclose(mrml.ijk_to_ras(node), image.ijk_to_ras, atol=1e-12)
+    node = files.read_volume_file(path, scene=mrml_env.scene)     # Slicer's reader
+    assert np.array_equal(volumes.array_ijk(node), expected)
+    assert volumes.array_ijk(node).dtype == expected.dtype
+    assert np.allclose(transforms.ijk_to_ras(node), image.ijk_to_ras, atol=1e-12)
     again = read_volume(path, allow_constant=True)                 # the service's reader
     assert np.array_equal(again.array, expected)
     assert again.same_geometry(image, tol=1e-9) is None

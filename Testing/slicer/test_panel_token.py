@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import selftest
 from SynergyPLModuleLib import local_server as server
-from SynergyPLModuleLib import mrml
 from SynergyPLModuleLib.logic import LabelingLogic
+from SynergyPLModuleLib.scene import files, ownership
 
 from SynergyPLLib.client import SynergyPLClient
 
@@ -78,11 +78,11 @@ def test_start_local_server_connects_and_uploads_without_a_typed_token(panel_ser
         logic.configure(command.url, "", project=command.project)  # what the panel does for its own server
         record = _connect(logic)
         assert record.errors == [] and logic.server is not None and logic.server.project == "Hippocampus"
-        volume = mrml.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
+        volume = files.read_volume_file(hippocampus_dir / "imagesTr" / "hippocampus_050.nii.gz", scene=mrml_env.scene)
         logic.upload(volume)
         assert logic.runner.wait(timeout=120)
         assert record.errors == [], record.errors
-        assert mrml.case_id(volume, logic.server.key)
+        assert ownership.case_id(volume, logic.server.key)
     finally:
         logic.shutdown()
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from SynergyPLModuleLib import mrml
+from SynergyPLModuleLib.scene import (
+    heatmap_layer,
+    navigation,
+    segmentations,
+    terminology,
+    transforms,
+    volumes,
+)
 
 pytest.importorskip("trame_slicer", reason="needs the dev extra trame-slicer (offscreen slice rendering)")
 
@@ -26,23 +33,23 @@ def rendered():
         scene = app.scene
         shape = (40, 40, 20)
         image = np.full(shape, 100.0, np.float32)
-        volume = mrml.add_volume_from_array(image, np.diag([1.0, 1.0, 1.0, 1.0]), "flat grey", scene=scene)
+        volume = volumes.add_volume_from_array(image, np.diag([1.0, 1.0, 1.0, 1.0]), "flat grey", scene=scene)
         volume.GetDisplayNode().AutoWindowLevelOff()
         volume.GetDisplayNode().SetWindowLevel(200, 100)  # grey 0.5
         heat = np.ones(shape, np.float32)
         heat[5:15, 5:15, :] = 0.0            # unsure: drawn red
         heat[25:35, 5:15, :] = 0.9           # sure: hidden by the 0.5 threshold
-        heatmap = mrml.show_heatmap(heat, volume, threshold=0.5, opacity=1.0, scene=scene)
+        heatmap = heatmap_layer.show_heatmap(heat, volume, threshold=0.5, opacity=1.0, scene=scene)
         label = np.zeros(shape, np.uint8)
         label[20:36, 20:36, :] = 1
-        classes = mrml.classes_from_dicts([{"value": 1, "name": "Box", "color": [0, 0, 255]}])
-        segmentation = mrml.labelmap_to_segmentation(label, volume, classes, scene=scene)
+        classes = terminology.classes_from_dicts([{"value": 1, "name": "Box", "color": [0, 0, 255]}])
+        segmentation = segmentations.labelmap_to_segmentation(label, volume, classes, scene=scene)
         segmentation.GetDisplayNode().SetOpacity2DFill(0.0)
-        mrml.center_slice_views_on((20.0, 20.0, 10.0), scene)
+        navigation.center_slice_views_on((20.0, 20.0, 10.0), scene)
         pixels = render_view(views["axial"])
         # where voxel centres land on screen: map RAS through the slice's XY-to-RAS
         red_node = views["axial"]._view_node
-        ras_to_xy = np.linalg.inv(mrml.matrix_to_array(red_node.GetXYToRAS()))
+        ras_to_xy = np.linalg.inv(transforms.matrix_to_array(red_node.GetXYToRAS()))
         assert slicer.mrmlScene is scene
         yield pixels, ras_to_xy, heatmap
     finally:

@@ -186,11 +186,11 @@ def test_token_tooltip_says_what_the_code_does(ui_tree, module_ast):
 
 def test_case_selector_hides_the_volumes_the_panel_made(module_ast):
     hide = _method(module_ast, "SynergyPLWidget", "_hideNonCaseVolumes")
-    assert "inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = mrml.non_case_volume_ids(" in ast.unparse(hide)
+    assert "inputVolumeSelector.sortFilterProxyModel().hiddenNodeIDs = ownership.non_case_volume_ids(" in ast.unparse(hide)
     setup = ast.unparse(_method(module_ast, "SynergyPLWidget", "setup"))
     assert "slicer.mrmlScene.NodeAddedEvent, self._hideNonCaseVolumes" in setup
     first = ast.unparse(_method(module_ast, "SynergyPLWidget", "initializeParameterNode"))
-    assert "mrml.case_volumes(" in first
+    assert "ownership.case_volumes(" in first
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,13 +14,14 @@ import numpy as np
 
 from SynergyPLLib.common.regions import Region, RegionParams
 
-from .. import grids, mrml
+from .. import grids
 from ..background import BackgroundCall, CallCancelled, CallContext, CallHandle
 from ..messages import (
     _client_module,
     _float,
     describe_error,
 )
+from ..scene import attributes, nodes
 
 _log = logging.getLogger(__name__)
 
@@ -53,13 +54,13 @@ class LogicBase:
 
     @property
     def scene(self):
-        return mrml.get_scene(self._scene)
+        return nodes.get_scene(self._scene)
 
     def _observe_scene_close(self) -> None:
         """Forget the prediction when the scene closes (observer removed by :meth:`shutdown`)."""
         try:
             scene = self.scene
-        except mrml.SceneError:  # no scene yet (e.g. created outside Slicer without one)
+        except nodes.SceneError:  # no scene yet (e.g. created outside Slicer without one)
             return
         tag = scene.AddObserver(scene.StartCloseEvent, lambda caller, event: self.forget_scene())
         self._scene_observers.append((scene, tag))
@@ -168,7 +169,7 @@ def _saved_regions(segmentation_node, regions_json: str | None,
     """The regions saved for a prediction, the threshold they are for and the server's region parameters:
     the segmentation's ``SynergyPL.Regions`` attribute, else ``regions_json`` (a list, for ``threshold``);
     ``([], None, defaults)`` when nothing was saved (then they are recomputed)."""
-    text = segmentation_node.GetAttribute(mrml.REGIONS_ATTRIBUTE)
+    text = segmentation_node.GetAttribute(attributes.REGIONS_ATTRIBUTE)
     if text:
         saved = json.loads(text)
         found = _float(saved.get("threshold"))
@@ -187,6 +188,6 @@ def _safe_name(name: str) -> str:
 
 def _is_expected(exc: BaseException) -> bool:
     try:
-        return isinstance(exc, (_client_module().SynergyPLError, grids.GridMismatch, mrml.SceneError))
+        return isinstance(exc, (_client_module().SynergyPLError, grids.GridMismatch, nodes.SceneError))
     except ImportError:
         return False

@@ -15,9 +15,10 @@ import numpy as np
 
 from SynergyPLLib.common.regions import Region
 
-from .. import grids, mrml, nrrdfile
+from .. import grids, nrrdfile
 from ..background import CallContext
 from ..messages import ServerInfo, _client_module
+from ..scene import attributes, files, nodes, ownership, segmentations, slice_views, transforms, volumes
 from .base import (
     CASE_GRID_ATTRIBUTE,
     HAS_DICOM_ATTRIBUTE,
@@ -50,7 +51,7 @@ class CasesWorkflow(LogicBase):
             return
 
         def with_server(server: ServerInfo) -> None:
-            known = mrml.case_id(volume_node, server.key)
+            known = ownership.case_id(volume_node, server.key)
             if known and not force:
                 self.case_changed.emit(volume_node, known)
                 if then is not None:
@@ -71,7 +72,7 @@ class CasesWorkflow(LogicBase):
             payload, filename = dicom_files, f"{wanted}.zip"
         else:
             # Only the copy of the voxels happens here; the gzip NRRD is written by the task.
-            voxels, matrix = mrml.array_ijk(volume_node), mrml.ijk_to_ras(volume_node)
+            voxels, matrix = volumes.array_ijk(volume_node), transforms.ijk_to_ras(volume_node)
             payload = self._temp_path(f"{wanted}.nrrd")
             filename = payload.name
         zip_path = self._temp_path(filename) if dicom_files else None
@@ -124,12 +125,12 @@ class CasesWorkflow(LogicBase):
     def _same_voxels(self, path: Path, volume_node) -> bool:
         try:
             theirs = self._read_on_volume_grid(path, volume_node, labelmap=False)
-        except (grids.GridMismatch, mrml.SceneError):
+        except (grids.GridMismatch, nodes.SceneError):
             return False
-        return bool(np.array_equal(theirs, mrml.array_ijk(volume_node)))
+        return bool(np.array_equal(theirs, volumes.array_ijk(volume_node)))
 
     def _remember_case(self, volume_node, case: dict, server: ServerInfo) -> None:
-        mrml.set_case_id(volume_node, case["id"], server.key)
+        ownership.set_case_id(volume_node, case["id"], server.key)
         try:
             matrix, shape = grids.case_grid(case)
             volume_node.SetAttribute(CASE_GRID_ATTRIBUTE, grids.grid_to_json(matrix, shape))
@@ -146,10 +147,10 @@ class CasesWorkflow(LogicBase):
             def done(answer: dict) -> None:
                 case = answer["case"]
                 self.status.emit(f"Next case: {case['id']} ({answer.get('reason', '')}).")
-                existing = mrml.find_volume_for_case(case["id"], server.key, self.scene)
+                existing = ownership.find_volume_for_case(case["id"], server.key, self.scene)
                 if existing is not None:
                     self._remember_case(existing, case, server)
-                    mrml.show_volume(existing, self.slice_logics(), self.scene)
+                    slice_views.show_volume(existing, self.slice_logics(), self.scene)
                     self._case_loaded(existing, case)
                 else:
                     self._download_case(case, server)
@@ -165,9 +166,9 @@ class CasesWorkflow(LogicBase):
             return self._client(timeout=self.upload_timeout).download_image(case["id"], target)
 
         def done(path: Path) -> None:
-            node = mrml.read_volume_file(path, name=case["id"], scene=self.scene)
+            node = files.read_volume_file(path, name=case["id"], scene=self.scene)
             self._remember_case(node, case, server)
-            mrml.show_volume(node, self.slice_logics(), self.scene)
+            slice_views.show_volume(node, self.slice_logics(), self.scene)
             self._case_loaded(node, case)
 
         self._start("next_case", work, done)
@@ -186,8 +187,8 @@ class CasesWorkflow(LogicBase):
         do not make a prediction of this volume."""
         try:
             classes = self.server.classes if self.server else self._classes_from_segments(segmentation_node)
-            label, _ = mrml.segmentation_to_labelmap(segmentation_node, volume_node, classes, self.scene)
-            heatmap = mrml.array_ijk(heatmap_node).astype(np.float32)
+            label, _ = segmentations.segmentation_to_labelmap(segmentation_node, volume_node, classes, self.scene)
+            heatmap = volumes.array_ijk(heatmap_node).astype(np.float32)
             if heatmap.shape != label.shape:
                 return False
             saved, saved_threshold, saved_params = _saved_regions(
@@ -200,10 +201,10 @@ class CasesWorkflow(LogicBase):
         elif saved_threshold is not None:
             self.threshold = saved_threshold
         self._restored_classes = classes
-        model = segmentation_node.GetAttribute(mrml.MODEL_VERSION_ATTRIBUTE)
+        model = segmentation_node.GetAttribute(attributes.MODEL_VERSION_ATTRIBUTE)
         self.prediction = PredictionState(
-            segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
-            mrml.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
+            segmentation_node.GetAttribute(attributes.CASE_ID_ATTRIBUTE) or "", volume_node.GetID(), label, heatmap,
+            transforms.ijk_to_ras(volume_node), int(model) if model and model.isdigit() else None,
             [Region.from_dict(r.to_dict()) for r in saved], saved_threshold, segmentation_node.GetID(),
             saved_params)
         self.regions = saved
@@ -231,4 +232,4 @@ class CasesWorkflow(LogicBase):
         """The case id the current server knows ``volume_node`` by, or None (not uploaded)."""
         if volume_node is None:
             return None
-        return mrml.case_id(volume_node, self.server.key if self.server else None)
+        return ownership.case_id(volume_node, self.server.key if self.server else None)

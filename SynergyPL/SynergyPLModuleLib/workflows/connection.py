@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .. import mrml
 from ..background import CallContext
 from ..messages import ServerInfo, _client_module
+from ..scene import terminology
 from .base import LogicBase
 
 
@@ -56,7 +56,7 @@ class ConnectionWorkflow(LogicBase):
         self._start("connect", work, done)
 
     def _apply_info(self, url: str, info: dict) -> None:
-        classes = mrml.classes_from_dicts(info.get("classes") or [])
+        classes = terminology.classes_from_dicts(info.get("classes") or [])
         self.server = ServerInfo(url=url, project=str(info.get("name", "")), device=str(info.get("device", "?")),
                                  server_version=str(info.get("server_version", "?")),
                                  active_model=info.get("active_model"), classes=classes,

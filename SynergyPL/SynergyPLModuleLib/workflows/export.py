@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .. import mrml
 from ..background import CallContext
+from ..scene import attributes, files, nodes, ownership, terminology
 from .base import EXPORT_FORMATS, HAS_DICOM_ATTRIBUTE, LogicBase, _safe_name
 
 
@@ -31,14 +31,14 @@ class ExportWorkflow(LogicBase):
             self._fail("export", "Select the volume and its segmentation first.")
             return None
         folder = Path(folder or Path.home())
-        case = mrml.case_id(volume_node) or segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE)
+        case = ownership.case_id(volume_node) or segmentation_node.GetAttribute(attributes.CASE_ID_ATTRIBUTE)
         stem = _safe_name(case or segmentation_node.GetName())
         target = folder / f"{stem}{EXPORT_FORMATS[fmt]}"
         if fmt != "dicom-seg":
             classes = self.server.classes if self.server else self._classes_from_segments(segmentation_node)
             try:
-                path = mrml.export_segmentation(segmentation_node, target, volume_node, classes, self.scene)
-            except (mrml.SceneError, OSError) as exc:
+                path = files.export_segmentation(segmentation_node, target, volume_node, classes, self.scene)
+            except (nodes.SceneError, OSError) as exc:
                 self._fail("export", f"Export failed: {exc}")
                 return None
             self.status.emit(f"Exported {path}.")
@@ -51,7 +51,7 @@ class ExportWorkflow(LogicBase):
             self._fail("export", "DICOM SEG needs a volume that came from DICOM (load the series with Slicer's "
                                  "DICOM module, then upload it).")
             return None
-        version = segmentation_node.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE)
+        version = segmentation_node.GetAttribute(attributes.LABEL_VERSION_ATTRIBUTE)
         version = int(version) if version and version != "0" else None
         if version is None:
             self._fail("export", "Submit the segmentation first: DICOM SEG is made from a submitted label version.")
@@ -68,9 +68,9 @@ class ExportWorkflow(LogicBase):
         return target
 
     @staticmethod
-    def _classes_from_segments(segmentation_node) -> list[mrml.SegmentClass]:
+    def _classes_from_segments(segmentation_node) -> list[terminology.SegmentClass]:
         out = []
-        for entry in mrml.segment_summary(segmentation_node):
+        for entry in terminology.segment_summary(segmentation_node):
             if entry["value"] is not None:
-                out.append(mrml.SegmentClass(entry["value"], entry["name"], tuple(entry["color"])))
+                out.append(terminology.SegmentClass(entry["value"], entry["name"], tuple(entry["color"])))
         return out

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import grids, mrml, nrrdfile
+from .. import grids, nrrdfile
 from ..background import CallContext
 from ..messages import _client_module, default_author
+from ..scene import attributes, nodes, segmentations, transforms
 from .base import CASE_GRID_ATTRIBUTE, LogicBase, _safe_name
 
 
@@ -37,16 +38,16 @@ class LabelsWorkflow(LogicBase):
         def with_case(case_id: str) -> None:
             server = self.server
             try:
-                label, skipped = mrml.segmentation_to_labelmap(segmentation_node, volume_node, server.classes,
+                label, skipped = segmentations.segmentation_to_labelmap(segmentation_node, volume_node, server.classes,
                                                                self.scene)
                 to_case_grid, case_matrix = self._case_grid_mapper(volume_node, label.shape)
-            except (mrml.SceneError, grids.GridMismatch) as exc:
+            except (nodes.SceneError, grids.GridMismatch) as exc:
                 self._fail("submit", str(exc))
                 return
             path = self._temp_path(f"{_safe_name(case_id)}-label.nrrd")
             parent = parent_version
             if parent is None:
-                parent = int(segmentation_node.GetAttribute(mrml.LABEL_VERSION_ATTRIBUTE) or 0)
+                parent = int(segmentation_node.GetAttribute(attributes.LABEL_VERSION_ATTRIBUTE) or 0)
             if skipped:
                 self.status.emit(f"Not submitted (not project classes): {', '.join(skipped)}.")
 
@@ -57,8 +58,8 @@ class LabelsWorkflow(LogicBase):
                     case_id, path, author=author, parent_version=parent)
 
             def done(version: dict) -> None:
-                segmentation_node.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(version["version"]))
-                segmentation_node.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
+                segmentation_node.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(version["version"]))
+                segmentation_node.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case_id)
                 self.status.emit(f"Submitted label version {version['version']} of case {case_id} as {author}.")
                 self.submitted.emit(version)
 
@@ -86,9 +87,9 @@ class LabelsWorkflow(LogicBase):
         :class:`~.grids.GridMismatch` when they are not the same voxels. The mapper is numpy only."""
         text = volume_node.GetAttribute(CASE_GRID_ATTRIBUTE)
         if not text:
-            return (lambda array: array), mrml.ijk_to_ras(volume_node)
+            return (lambda array: array), transforms.ijk_to_ras(volume_node)
         matrix, case_shape = grids.grid_from_json(text)
-        return grids.array_mapper(mrml.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
+        return grids.array_mapper(transforms.ijk_to_ras(volume_node), shape, matrix, case_shape), matrix
 
     def load_label_version(self, volume_node, case_id: str, version: int | str = "latest") -> None:
         """Load a submitted label version as a separate segmentation (e.g. to compare after a conflict):
@@ -105,10 +106,10 @@ class LabelsWorkflow(LogicBase):
             info = versions[-1] if version == "latest" and versions else \
                 next((v for v in versions if str(v.get("version")) == str(version)), {})
             name = f"{volume_node.GetName()} label v{info.get('version', version)} by {info.get('author', '?')}"
-            segmentation = mrml.labelmap_to_segmentation(label, volume_node, self.server.classes, name=name,
+            segmentation = segmentations.labelmap_to_segmentation(label, volume_node, self.server.classes, name=name,
                                                          scene=self.scene)
-            segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case_id)
-            segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
+            segmentation.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case_id)
+            segmentation.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(info.get("version", version)))
             self.status.emit(f"Loaded {name}.")
             self.label_loaded.emit(segmentation)
 

@@ -14,9 +14,19 @@ import numpy as np
 from SynergyPLLib.common.job_status import FINAL_STATES, JobStatus
 from SynergyPLLib.common.regions import Region, RegionParams
 
-from .. import grids, mrml
+from .. import grids
 from ..background import CallCancelled, CallContext
 from ..messages import _client_module, _float
+from ..scene import (
+    attributes,
+    files,
+    heatmap_layer,
+    nodes,
+    segmentations,
+    terminology,
+    transforms,
+    volumes,
+)
 from .base import LogicBase, PredictionState
 
 
@@ -84,7 +94,7 @@ class PredictionWorkflow(LogicBase):
         def failed(exc: BaseException) -> bool:
             if isinstance(exc, client_module.NotFoundError) and "case" in str(exc.message).lower() and not retried:
                 # The server forgot the case (new project folder, deleted): upload again, once.
-                volume_node.RemoveAttribute(mrml.CASE_ID_ATTRIBUTE)
+                volume_node.RemoveAttribute(attributes.CASE_ID_ATTRIBUTE)
                 self.status.emit(f"The server no longer has case {case_id}; uploading the volume again.")
                 self._upload(volume_node, lambda new_id: self._predict_case(
                     volume_node, new_id, segmentation_node, heatmap_node, opacity, show_heatmap,
@@ -119,14 +129,14 @@ class PredictionWorkflow(LogicBase):
 
     def _read_on_volume_grid(self, path: Path, volume_node, labelmap: bool) -> np.ndarray:
         """A downloaded volume's voxels, moved onto the volume node's grid (exact, or refused)."""
-        node = mrml.read_volume_file(path, name="__SynergyPL_download__", labelmap=labelmap, scene=self.scene)
+        node = files.read_volume_file(path, name="__SynergyPL_download__", labelmap=labelmap, scene=self.scene)
         try:
-            array = mrml.array_ijk(node)
-            source_matrix = mrml.ijk_to_ras(node)
+            array = volumes.array_ijk(node)
+            source_matrix = transforms.ijk_to_ras(node)
         finally:
-            mrml._remove_with_display(node, self.scene)
+            nodes.remove_with_display(node, self.scene)
         target_shape = tuple(volume_node.GetImageData().GetDimensions())
-        mapper = grids.array_mapper(source_matrix, array.shape, mrml.ijk_to_ras(volume_node), target_shape)
+        mapper = grids.array_mapper(source_matrix, array.shape, transforms.ijk_to_ras(volume_node), target_shape)
         return mapper(array)
 
     def _show_prediction(self, volume_node, case, document, label_path, heatmap_path, segmentation_node,
@@ -136,22 +146,22 @@ class PredictionWorkflow(LogicBase):
         classes = self.server.classes if self.server else []
         if not classes:
             names = document.get("classes") or []
-            classes = mrml.classes_from_dicts([{"value": v, "name": n} for v, n in enumerate(names)])
-        segmentation = mrml.labelmap_to_segmentation(
+            classes = terminology.classes_from_dicts([{"value": v, "name": n} for v, n in enumerate(names)])
+        segmentation = segmentations.labelmap_to_segmentation(
             label, volume_node, classes, segmentation_node,
             name=f"{volume_node.GetName()} pseudo-label", scene=self.scene)
         latest = case.get("latest_label") or {}
-        segmentation.SetAttribute(mrml.CASE_ID_ATTRIBUTE, case["id"])
-        segmentation.SetAttribute(mrml.LABEL_VERSION_ATTRIBUTE, str(int(latest.get("version") or 0)))
-        segmentation.SetAttribute(mrml.MODEL_VERSION_ATTRIBUTE, str(document.get("model_version", "")))
-        segmentation.RemoveAttribute(mrml.REGIONS_ATTRIBUTE)  # the previous prediction's
-        heatmap_node = mrml.show_heatmap(heatmap, volume_node, heatmap_node, threshold=self.threshold,
+        segmentation.SetAttribute(attributes.CASE_ID_ATTRIBUTE, case["id"])
+        segmentation.SetAttribute(attributes.LABEL_VERSION_ATTRIBUTE, str(int(latest.get("version") or 0)))
+        segmentation.SetAttribute(attributes.MODEL_VERSION_ATTRIBUTE, str(document.get("model_version", "")))
+        segmentation.RemoveAttribute(attributes.REGIONS_ATTRIBUTE)  # the previous prediction's
+        heatmap_node = heatmap_layer.show_heatmap(heatmap, volume_node, heatmap_node, threshold=self.threshold,
                                          opacity=opacity, scene=self.scene)
         if not show_heatmap:
-            mrml.set_heatmap_visible(heatmap_node, False, opacity, self.scene)
+            heatmap_layer.set_heatmap_visible(heatmap_node, False, opacity, self.scene)
         server_regions = [Region.from_dict(r) for r in document.get("regions") or []]
         self.prediction = PredictionState(case["id"], volume_node.GetID(), label, heatmap,
-                                          mrml.ijk_to_ras(volume_node), document.get("model_version"),
+                                          transforms.ijk_to_ras(volume_node), document.get("model_version"),
                                           server_regions, _float(document.get("flag_threshold")),
                                           segmentation.GetID(), RegionParams.from_dict(document.get("region_params")))
         self.regions = []
@@ -170,5 +180,5 @@ class PredictionWorkflow(LogicBase):
     @staticmethod
     def would_lose_edits(segmentation_node) -> bool:
         """A pseudo-label into ``segmentation_node`` would replace segments of a case (ask first)."""
-        return bool(segmentation_node) and segmentation_node.GetAttribute(mrml.CASE_ID_ATTRIBUTE) is not None and \
+        return bool(segmentation_node) and segmentation_node.GetAttribute(attributes.CASE_ID_ATTRIBUTE) is not None and \
             segmentation_node.GetSegmentation().GetNumberOfSegments() > 0

@@ -12,8 +12,9 @@ import numpy as np
 
 from SynergyPLLib.common.regions import Region, RegionParams, flag_regions, keep_reviewed
 
-from .. import grids, mrml
+from .. import grids
 from ..background import CallContext
+from ..scene import attributes, heatmap_layer, navigation
 from .base import CASE_GRID_ATTRIBUTE, LogicBase, PredictionState
 
 
@@ -43,7 +44,7 @@ class ReviewWorkflow(LogicBase):
         changed = force or abs(threshold - self.threshold) > 1e-9
         self.threshold = threshold
         if heatmap_node is not None:
-            mrml.set_heatmap_threshold(heatmap_node, threshold)
+            heatmap_layer.set_heatmap_threshold(heatmap_node, threshold)
         if self.prediction is None or not changed:
             return
         state = self.prediction
@@ -96,7 +97,7 @@ class ReviewWorkflow(LogicBase):
         state = self.prediction
         node = self.scene.GetNodeByID(state.segmentation_id) if state is not None and state.segmentation_id else None
         if node is not None:
-            node.SetAttribute(mrml.REGIONS_ATTRIBUTE, json.dumps(
+            node.SetAttribute(attributes.REGIONS_ATTRIBUTE, json.dumps(
                 {"threshold": self.regions_threshold, "region_params": state.region_params.to_dict(),
                  "regions": [r.to_dict() for r in self.regions]}))
 
@@ -118,7 +119,7 @@ class ReviewWorkflow(LogicBase):
         volume = volume_node
         if volume is None and self.prediction is not None:
             volume = self.scene.GetNodeByID(self.prediction.volume_id)
-        mrml.center_slice_views_on(mrml.region_center_ras(region.to_dict(), volume), self.scene)
+        navigation.center_slice_views_on(navigation.region_center_ras(region.to_dict(), volume), self.scene)
         self.current_region = index
         self.current_region_changed.emit(index)
         return region
