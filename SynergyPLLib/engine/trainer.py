@@ -564,7 +564,8 @@ class Trainer:
         ckpt["metrics"].update({"val_dice": self.best_dice, "best_iteration": self.best_iteration,
                                 "ece_before": before, "ece_after": after if applied != 1.0 else before,
                                 "fitted_temperature": t, "warmup_iterations": self.warmup_iters,
-                                "synergy_bar": {k: v for k, v in self.bar_info.items()}})
+                                "synergy_bar": {**self.bar_info, "temperature": self.bar_temperature,
+                                                "tau": self.tau}})
         net, cfg = network_from_checkpoint(ckpt)
         lam, aurocs = choose_mix_lambda(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
                                         self.validation)
