@@ -36,8 +36,8 @@ from monai.utils import set_determinism
 
 from ..common.metrics import dice_per_class
 from . import distributed
-from .calibration import expected_calibration_error, fit_temperature
 from .augment import Augmenter
+from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
 from .inference import Predictor, choose_mix_lambda
