@@ -317,3 +317,22 @@ def test_short_real_run_copy_paste_with_warm_start(hippocampus_dir, tmp_path):
     assert 0.05 <= ckpt["temperature"] <= 20 and len(bar["table"]) == len(cfg.train.synergy.tau_grid)
     pred = Predictor.from_checkpoint(res.checkpoint).predict(read_volume(cases[-1].image), heatmap=True)
     assert pred.label.shape == read_volume(cases[-1].image).shape and pred.heatmap is not None
+
+
+@pytest.mark.parametrize("switch", [
+    {"synergy": {"mix": "mixup"}}, {"synergy": {"bar": "margin"}}, {"synergy": {"select_tau": False}},
+    {"soft": {"similarity": False}}, {"soft": {"rare_boost": False}}, {"soft": {"calibrate": False}},
+    {"augment": {"enabled": False}}, {"lr_schedule": "none"},
+])
+def test_every_ablation_switch_trains(switch, tmp_path):
+    lab, unl, val = _data(3)
+    cfg = _tiny("synergypl", iterations=4, warmup_fraction=0.5)
+    cfg = EngineConfig.from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], **{
+        k: ({**cfg.to_dict()["train"][k], **v} if isinstance(v, dict) else v) for k, v in switch.items()}}})
+    res = Trainer(cfg, lab, unl, val, tmp_path).run()
+    ckpt = load_checkpoint(res.checkpoint)
+    assert res.iterations == 4 and np.isfinite(res.history[-1]["total"]) and res.history[-1]["unlabeled"] >= 0
+    if switch == {"soft": {"calibrate": False}}:
+        assert ckpt["temperature"] == 1.0 and ckpt["metrics"]["synergy_bar"]["temperature"] == 1.0
+    if switch == {"synergy": {"select_tau": False}}:
+        assert ckpt["metrics"]["synergy_bar"]["tau"] == cfg.train.synergy.tau
