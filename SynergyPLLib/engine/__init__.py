@@ -5,8 +5,9 @@ Modules, one job each:
 - ``config``: the engine configuration that travels with each checkpoint.
 - ``data``: Decathlon folders, preprocessing (MONAI transforms) and patch sampling.
 - ``model``: the MONAI network, feature hook and checkpoints.
-- ``synergy``: synergy evaluation (consistent/confident regions) and the regional losses.
-- ``soft_labels``: class prototypes, similarity smoothing, rare-class boost.
+- ``synergy``: synergy evaluation (consistent/confident regions, the C-class bar, copy-paste/mixup) and the regional losses.
+- ``augment``: label-preserving augmentation of training patches (MONAI affine, intensity).
+- ``soft_labels``: class prototypes, similarity smoothing, rare-class boost (soft pseudo labels).
 - ``calibration``: temperature scaling and (class-wise) ECE.
 - ``trainer``: supervised / Mean Teacher / SGRS / SynergyPL training with EMA teacher.
 - ``inference``: sliding-window prediction, confidence heatmap, region map, flagged regions.

@@ -63,14 +63,63 @@ class ModelConfig:
 
 @dataclass
 class SoftLabelConfig:
-    """Porcher et al. 2024: better soft pseudo-labels; each part can be switched off."""
+    """Porcher et al. 2024, applied to the teacher's pseudo labels (synergypl only); each part switchable.
 
-    similarity_smoothing: bool = True  # smoothing mass to similar classes (class prototypes)
-    smoothing: float = 0.1  # label-smoothing mass for the supervised term
+    The labeled cross-entropy is never smoothed: the labels are the strongest signal.
+    """
+
+    similarity: bool = True  # soft pseudo-label targets: smoothing mass to similar classes (class prototypes)
+    smoothing: float = 0.1  # smoothing mass of the soft pseudo-label targets
     prototype_momentum: float = 0.9
-    rare_class_boost: bool = True  # lower the confidence bar for rare classes
-    rare_class_power: float = 0.25  # threshold_c = threshold * (freq_c / freq_max) ** power
-    calibration: bool = True  # temperature fitted on the validation split
+    rare_boost: bool = True  # teacher probabilities of rare foreground classes raised before argmax / bar
+    rare_power: float = 0.25  # weight_c = (freq of the commonest foreground class / freq_c) ** power
+    calibrate: bool = True  # temperature fitted on validation (once at the end; at hand-over for the bar)
+
+
+# names of the soft-label options before issue 10 (still read from stored configs)
+_SOFT_ALIASES = {"similarity_smoothing": "similarity", "rare_class_boost": "rare_boost",
+                 "rare_class_power": "rare_power", "calibration": "calibrate"}
+
+
+@dataclass
+class SynergyConfig:
+    """SynergyPL's synergy evaluation (``synergypl`` only; ``sgrs`` stays as published).
+
+    - ``mix``: ``copy_paste`` (bidirectional copy-paste between labeled and unlabeled patches, as BCP) or
+      ``mixup`` (the published U_mix = l U + (1 - l) X).
+    - ``bar``: ``max_prob`` (confident = the calibrated teacher's top probability >= ``tau``, for C classes;
+      two classes and tau 0.575 is the published margin rule) or ``margin`` (the published rule on the
+      student's two views, ``TrainConfig.margin_threshold``).
+    """
+
+    mix: str = "copy_paste"  # "copy_paste" | "mixup"
+    box_fraction: float = 0.667  # copy-paste box side as a share of each patch side (BCP: 2/3)
+    alpha: float = 0.5  # weight of the unlabeled-origin (pseudo-labeled) part of the mixed images (BCP)
+    mixed_labeled_weight: float = 1.0  # weight of the labeled-origin part of the mixed images
+    bar: str = "max_prob"  # "max_prob" | "margin"
+    tau: float = 0.95  # max_prob bar until one is chosen on validation
+    select_tau: bool = True  # choose tau on validation (at hand-over / fine-tuning start) from tau_grid
+    tau_grid: tuple[float, ...] = (0.575, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99)
+    min_coverage: float = 0.8  # a chosen tau keeps at least this share of validation voxels
+
+
+@dataclass
+class AugmentConfig:
+    """Label-preserving augmentation of training patches (every method; MONAI Affine for the geometry).
+
+    Geometry (applied identically to image and label): rotation, isotropic scale; intensity (image only):
+    scale, shift, Gaussian noise. No flips unless ``flip_axes`` names axes whose mirror keeps every class
+    (left/right classes are not symmetric).
+    """
+
+    enabled: bool = True
+    prob: float = 0.8  # share of patches that get the geometric transform
+    rotate_degrees: float = 10.0  # per axis, uniform in +-
+    scale: float = 0.1  # isotropic, uniform in 1 +- scale
+    intensity_scale: float = 0.1  # x * (1 + u), u in +-
+    intensity_shift: float = 0.1  # + u, u in +- (z-scored images)
+    noise_std: float = 0.05
+    flip_axes: tuple[int, ...] = ()  # spatial axes (0, 1, 2) that may be mirrored (classes symmetric)
 
 
 @dataclass
@@ -107,7 +156,15 @@ class TrainConfig:
     # mixed precision for training: float16 autocast + GradScaler on CUDA (the gpu profile), bfloat16 autocast
     # on CPU; the losses are computed in float32 either way
     amp: bool = False
+    # supervised-only iterations first (inside ``iterations``); then the teacher is a copy of the warmed
+    # student and the unlabeled ramp-up starts. Skipped when fine-tuning from a previous model.
+    warmup_fraction: float = 0.0
+    lr_schedule: str = "cosine"  # "cosine" | "poly" | "none" (torch.optim.lr_scheduler, in state.pt)
+    lr_min_fraction: float = 0.01  # the last iteration's lr = lr * lr_min_fraction
+    poly_power: float = 0.9
     soft: SoftLabelConfig = field(default_factory=SoftLabelConfig)
+    synergy: SynergyConfig = field(default_factory=SynergyConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -158,6 +215,8 @@ def _build(cls, d: dict[str, Any]):
     if d is None:
         return cls()
     names = {f.name: f for f in dataclasses.fields(cls)}
+    if cls is SoftLabelConfig:
+        d = {_SOFT_ALIASES.get(k, k): v for k, v in d.items()}
     unknown = set(d) - set(names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} option(s): {sorted(unknown)}")
@@ -175,6 +234,13 @@ def _build(cls, d: dict[str, Any]):
     obj = cls(**kwargs)
     if isinstance(obj, TrainConfig) and obj.method not in METHODS:
         raise ValueError(f"unknown method {obj.method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(obj, TrainConfig) and not 0.0 <= obj.warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {obj.warmup_fraction}")
+    if isinstance(obj, TrainConfig) and obj.lr_schedule not in ("cosine", "poly", "none"):
+        raise ValueError(f"unknown lr_schedule {obj.lr_schedule!r}; choose cosine, poly or none")
+    if isinstance(obj, SynergyConfig) and (obj.mix not in ("copy_paste", "mixup") or obj.bar not in ("max_prob", "margin")):
+        raise ValueError(f"synergy.mix must be copy_paste|mixup and synergy.bar max_prob|margin, got "
+                         f"{obj.mix!r}, {obj.bar!r}")
     return obj
 
 

@@ -89,3 +89,41 @@ def rare_class_scale(frequencies: np.ndarray, power: float) -> torch.Tensor:
     """
     f = np.clip(np.asarray(frequencies, dtype=np.float64), 1e-8, None)
     return torch.tensor((f / f.max()) ** power, dtype=torch.float32)
+
+
+def rare_boost_weights(frequencies: np.ndarray, power: float) -> torch.Tensor:
+    """Per-class weight on the teacher's probabilities (Porcher's rare-class boost, for voxel classes).
+
+    Rarity is measured among the *foreground* classes (index >= 1) on the labeled data:
+    ``w_c = (f_common / f_c) ** power`` with ``f_common`` the frequency of the commonest foreground class;
+    background keeps 1. Two foreground classes of similar size (hippocampus) get weights near 1; a class
+    absent from the labels gets the weight of the rarest seen one.
+    """
+    f = np.asarray(frequencies, dtype=np.float64)
+    w = np.ones(f.shape[0])
+    fg = f[1:]
+    if fg.size and fg.max() > 0:
+        seen = fg[fg > 0]
+        w[1:] = (fg.max() / np.where(fg > 0, fg, seen.min())) ** power
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def boost_probabilities(probs: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``p_c * w_c / sum_k p_k * w_k`` over the class axis 1 (identity when ``weights`` is None)."""
+    if weights is None:
+        return probs
+    w = weights.to(probs).view(1, -1, *([1] * (probs.dim() - 2)))
+    boosted = probs * w
+    return boosted / boosted.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def soft_pseudo_targets(probs: torch.Tensor, eps: float, smoothing_rows: torch.Tensor | None) -> torch.Tensor:
+    """Soft pseudo-label targets (B, C, ...) from the (boosted, calibrated) teacher probabilities:
+    ``(1 - eps) * onehot(argmax) + eps * R[argmax]``, R the similar-class rows (uniform if None)."""
+    hard = probs.argmax(1)
+    c = probs.shape[1]
+    onehot = F.one_hot(hard, c).movedim(-1, 1).to(probs)
+    if eps <= 0:
+        return onehot
+    spread = (torch.full((c, c), 1.0 / c) if smoothing_rows is None else smoothing_rows).to(probs)[hard].movedim(-1, 1)
+    return (1 - eps) * onehot + eps * spread

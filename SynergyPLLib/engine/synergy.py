@@ -18,7 +18,13 @@ code  region                      loss
 ====  ==========================  =============================================
 
 Confidence score: ``margin`` = top-1 minus top-2 probability (two classes: foreground probability
-outside (0.425, 0.575) <=> margin >= 0.15), or ``entropy`` = 1 - normalized entropy.
+outside (0.425, 0.575) <=> margin >= 0.15), ``entropy`` = 1 - normalized entropy, or ``max_prob`` = the
+top probability (the C-class bar: confident = max prob >= tau; two classes: tau = 0.575 <=> margin >= 0.15).
+
+SynergyPL's C-class evaluation (:func:`teacher_regions`): consistency between the student's plain and
+mixed views as published, confidence from the *calibrated teacher's* probabilities (``max_prob >= tau``,
+tau chosen on validation by :func:`choose_tau`). Mixing: the published mixup (:func:`mix_images`) or
+bidirectional copy-paste (:func:`copy_paste_masks`, :func:`copy_paste`, as BCP, Bai et al. 2023).
 """
 
 from __future__ import annotations
@@ -63,11 +69,13 @@ def confidence_score(probs: torch.Tensor, mode: str = "margin") -> torch.Tensor:
         top1, idx = probs.max(1, keepdim=True)
         second = probs.scatter(1, idx, -1.0).amax(1, keepdim=True)
         return (top1 - second).clamp(0, 1)
+    if mode == "max_prob":
+        return probs.amax(1, keepdim=True)
     if mode == "entropy":
         c = probs.shape[1]
         ent = -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True) / math.log(c)
         return (1 - ent).clamp(0, 1)
-    raise ValueError(f"unknown confidence mode {mode!r}; choose margin or entropy")
+    raise ValueError(f"unknown confidence mode {mode!r}; choose margin, entropy or max_prob")
 
 
 def confidence_bar(mode: str, margin_threshold: float, entropy_threshold: float) -> float:
@@ -153,9 +161,10 @@ class RegionalLoss:
         self.soft_dice = MaskedDiceLoss(include_background=False, softmax=True, smooth_nr=soft_dice_smooth,
                                         smooth_dr=soft_dice_smooth, soft_label=True, batch=soft_dice_batch)
 
-    def __call__(self, logits, pseudo, regions, smoothing_rows=None):
+    def __call__(self, logits, pseudo, regions, smoothing_rows=None, targets=None):
+        """``targets`` (B, C, ...): soft pseudo-label targets for the cross-entropies (default one-hot)."""
         onehot = smoothed_targets(pseudo, self.num_classes, 0.0)
-        ce = soft_cross_entropy(logits, onehot)
+        ce = soft_cross_entropy(logits, onehot if targets is None else targets)
         consistent = regions <= CONSISTENT_UNCERTAIN
         certain = regions == CONSISTENT_CONFIDENT
         disputed = regions == INCONSISTENT_CONFIDENT
@@ -163,6 +172,8 @@ class RegionalLoss:
         parts["dice"] = self.dice(logits, onehot, mask=certain.float()) if certain.any() else logits.sum() * 0
         if disputed.any():
             soft = smoothed_targets(pseudo, self.num_classes, self.eps, smoothing_rows)
+            if targets is not None:  # soft pseudo labels: (1 - eps) * target + eps * spread of the class
+                soft = soft + (1 - self.eps) * (targets - onehot)
             parts["ls_ce"] = masked_mean(soft_cross_entropy(logits, soft), disputed, self.normalize)
             parts["soft_dice"] = self.soft_dice_weight * self.soft_dice(logits, soft, mask=disputed.float())
         else:
@@ -176,3 +187,102 @@ def gaussian_rampup(iteration: int, total: int, fraction: float) -> float:
     length = max(1.0, fraction * total)
     t = min(1.0, iteration / length)
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+# --- SynergyPL: the C-class bar on the calibrated teacher, copy-paste mixing --------------------------
+def teacher_regions(student_plain: torch.Tensor, student_mixed: torch.Tensor, teacher_probs: torch.Tensor,
+                    tau: float) -> torch.Tensor:
+    """Region codes (B, 1, ...): consistent = the student's plain and mixed views agree (argmax, as
+    published); confident = the calibrated teacher's top probability >= ``tau`` (C classes)."""
+    if student_plain.shape != student_mixed.shape or student_plain.shape != teacher_probs.shape:
+        raise ValueError("student views and teacher probabilities must have the same shape")
+    consistent = student_plain.argmax(1, keepdim=True) == student_mixed.argmax(1, keepdim=True)
+    confident = confidence_score(teacher_probs, "max_prob") >= tau
+    return (~consistent).long() * 2 + (~confident).long()
+
+
+def tau_table(probs: torch.Tensor, labels: torch.Tensor, grid) -> list[dict]:
+    """Per tau of ``grid``: coverage (share of voxels with max prob >= tau), pseudo-label precision
+    there, and the share of all pseudo-label errors it removes. ``probs`` (N, C), ``labels`` (N,)."""
+    top, pred = probs.max(1)
+    wrong = pred != labels.long()
+    n, n_wrong = max(1, top.numel()), int(wrong.sum())
+    rows = []
+    for tau in grid:
+        keep = top >= tau
+        kept = int(keep.sum())
+        rows.append({"tau": float(tau), "coverage": kept / n,
+                     "precision": 1.0 - int((wrong & keep).sum()) / max(1, kept),
+                     "errors_removed": int((wrong & ~keep).sum()) / max(1, n_wrong),
+                     "correct_removed": int((~wrong & ~keep).sum()) / max(1, n - n_wrong)})
+    return rows
+
+
+def choose_tau(table: list[dict], min_coverage: float) -> float:
+    """The tau with the best precision/coverage trade-off: the largest share of pseudo-label errors
+    removed minus the share of correct voxels removed (Youden's J of "below the bar" as an error
+    detector), among the taus that keep at least ``min_coverage`` of the voxels (ties: the lower tau)."""
+    ok = [r for r in table if r["coverage"] >= min_coverage] or table[:1]
+    return float(max(ok, key=lambda r: (r["errors_removed"] - r["correct_removed"], -r["tau"]))["tau"])
+
+
+def copy_paste_masks(batch: int, spatial: tuple[int, int, int], fraction: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random 3D box per sample: (batch, 1, *spatial) float, 1 inside. Each side of the box is
+    ``round(fraction * side)`` voxels (at least 1); its corner is uniform inside the patch."""
+    masks = torch.zeros(batch, 1, *spatial)
+    for b in range(batch):
+        sl = []
+        for dim in spatial:
+            size = min(dim, max(1, int(round(fraction * dim))))
+            start = int(torch.randint(0, dim - size + 1, (1,), generator=generator))
+            sl.append(slice(start, start + size))
+        masks[(b, 0, *sl)] = 1.0
+    return masks
+
+
+def pair_labeled(labeled: torch.Tensor, batch: int) -> torch.Tensor:
+    """The labeled partner of each unlabeled sample (cycled when the batches differ in size)."""
+    if labeled.shape[0] == batch:
+        return labeled
+    return labeled[torch.arange(batch) % labeled.shape[0]]
+
+
+def copy_paste(unlabeled: torch.Tensor, labeled: torch.Tensor, masks: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional copy-paste (BCP): ``(into_labeled, into_unlabeled)``.
+
+    ``into_labeled = M * U + (1 - M) * X`` (the unlabeled box pasted into the labeled patch) and
+    ``into_unlabeled = M * X + (1 - M) * U`` (the labeled box pasted into the unlabeled patch), with
+    ``M`` the per-sample boxes (B, 1, ...) and X the labeled partner of each unlabeled sample. Targets
+    use the same masks (:func:`copy_paste_targets`).
+    """
+    x = pair_labeled(labeled, unlabeled.shape[0])
+    m = masks.to(unlabeled)
+    return m * unlabeled + (1 - m) * x, m * x + (1 - m) * unlabeled
+
+
+def copy_paste_targets(pseudo: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hard targets and pseudo-part masks of the two copy-paste images (labels (B, ...)).
+
+    Returns ``(target_in, pseudo_in, target_out, pseudo_out)``: ``target_in`` = pseudo label inside the
+    box, true label outside (the image ``into_labeled``); ``target_out`` = true label inside, pseudo label
+    outside (``into_unlabeled``); ``pseudo_*`` (B, 1, ...) bool marks the voxels whose target is a pseudo
+    label (weighted ``alpha``, as BCP).
+    """
+    y = pair_labeled(labels, pseudo.shape[0]).to(pseudo.device)
+    inside = masks[:, 0].to(pseudo.device) > 0.5
+    target_in = torch.where(inside, pseudo, y)
+    target_out = torch.where(inside, y, pseudo)
+    return target_in, inside[:, None], target_out, ~inside[:, None]
+
+
+def stitch(inside: torch.Tensor, outside: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per voxel, ``inside`` where the box mask is 1 and ``outside`` elsewhere (masks (B, 1, ...)).
+
+    With the two copy-paste images' logits, ``stitch(in, out, M)`` is the *mixed view of U* (each
+    unlabeled voxel seen once among labeled context) and ``stitch(out, in, M)`` that of X.
+    """
+    m = masks.to(inside) > 0.5
+    return torch.where(m, inside, outside)

@@ -8,7 +8,16 @@ Methods (``TrainConfig.method``):
 - ``supervised`` / ``full``: labeled loss only (``full`` is the same with every case labeled).
 - ``mean_teacher``: + ramped MSE between student and teacher softmax on noisy unlabeled images.
 - ``sgrs``: + pseudo labels, mix augmentation, synergy evaluation and the regional losses.
-- ``synergypl``: ``sgrs`` + class-similarity label smoothing, rare-class boost and calibration.
+- ``synergypl``: SynergyPL's method (``train.synergy``): copy-paste (BCP) or mixup views, consistency
+  between the student's plain and mixed views, the C-class bar on the calibrated teacher (max prob >= tau,
+  tau chosen on validation), soft pseudo labels (similar-class smoothing, rare-class boost; ``train.soft``).
+
+For every method: a cosine/poly learning-rate decay (``train.lr_schedule``) and label-preserving
+augmentation (``train.augment``). Semi-supervised methods may start with a supervised warm start
+(``train.warmup_fraction`` of the iterations): then the teacher becomes a copy of the warmed student, and
+the unlabeled ramp-up starts there (the *hand-over*). A fine-tuning round (``init_checkpoint``) skips it.
+The temperature stored with the model is fitted once, on validation, for the selected model at the end;
+synergypl with a warm start fits one more at the hand-over for the teacher's bar (both recorded).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from monai.utils import set_determinism
 
 from ..common.metrics import dice_per_class
 from . import distributed
+from .augment import Augmenter
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
@@ -40,17 +50,30 @@ from .model import (
     network_from_checkpoint,
 )
 from .sliding_window import WindowPredictor
-from .soft_labels import ClassPrototypes, class_frequencies, rare_class_scale
+from .soft_labels import (
+    ClassPrototypes,
+    boost_probabilities,
+    class_frequencies,
+    rare_boost_weights,
+    soft_pseudo_targets,
+)
 from .synergy import (
     REGION_NAMES,
     RegionalLoss,
+    choose_tau,
     confidence_bar,
+    copy_paste,
+    copy_paste_masks,
     gaussian_rampup,
     mix_images,
     mix_lambda,
+    pair_labeled,
     smoothed_targets,
     soft_cross_entropy,
+    stitch,
     synergy_regions,
+    tau_table,
+    teacher_regions,
 )
 
 SEMI_SUPERVISED = ("mean_teacher", "sgrs", "synergypl")
@@ -102,6 +125,22 @@ def build_optimizer(net: torch.nn.Module, tc) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {tc.optimizer!r}; choose sgd or adamw")
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, tc) -> torch.optim.lr_scheduler.LRScheduler:
+    """Learning-rate decay over the run's ``iterations`` steps (stepped once per iteration): ``cosine``
+    (CosineAnnealingLR down to ``lr * lr_min_fraction``), ``poly`` (nnU-Net's ``(1 - t/T) ** power``, floored
+    at the same fraction) or ``none``. After the last iteration the lr is ``lr * lr_min_fraction``."""
+    total, floor = max(1, tc.iterations), float(tc.lr_min_fraction)
+    if tc.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=tc.lr * floor)
+    if tc.lr_schedule == "poly":
+        power = float(tc.poly_power)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: floor + (1 - floor) * max(0.0, 1 - min(i, total) / total) ** power)
+    if tc.lr_schedule == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}; choose cosine, poly or none")
+
+
 class Trainer:
     """Holds networks, optimizer, samplers and state; ``step()`` runs one iteration."""
 
@@ -132,14 +171,19 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.dist.rank_seed(tc.seed))
 
         self.student = build_network(config.model, self.C).to(self.device)
-        self.temperature = 1.0
+        self.temperature = 1.0  # the model's (fitted once at the end)
+        self.bar_temperature = 1.0  # the teacher's, for the confidence bar during training
+        self.fine_tuning = init_checkpoint is not None
         if init_checkpoint is not None:  # fine-tuning round: start from the last model
             ckpt = load_checkpoint(init_checkpoint)
             self.student.load_state_dict(ckpt["state_dict"])
+            self.bar_temperature = float(ckpt.get("temperature", 1.0))
         self.teacher = copy.deepcopy(self.student).eval()  # pseudo labels without dropout noise
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.optimizer = build_optimizer(self.student, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)
+        self.augment = Augmenter(tc.augment, self.rng)
         self.features = FeatureHook(self.student)
         # DDP + AMP hooks: the training forward goes through DDP (synchronized gradients) and autocast
         self.train_net = amp_forward(self.dist.wrap(self.student, self.teacher), self.device, tc.amp)
@@ -156,13 +200,17 @@ class Trainer:
 
         soft = tc.soft
         is_pl = self.method == "synergypl"
-        self.frequencies = class_frequencies([c.label for c in labeled], self.C)
-        self.class_scale = rare_class_scale(self.frequencies, soft.rare_class_power) \
-            if is_pl and soft.rare_class_boost else None
+        self.frequencies = class_frequencies([c.label for c in labeled], self.C)  # once, on the labeled data
+        self.boost = rare_boost_weights(self.frequencies, soft.rare_power) if is_pl and soft.rare_boost else None
         self.prototypes = ClassPrototypes(self.C, soft.prototype_momentum)
-        self.use_similarity = is_pl and soft.similarity_smoothing
-        self.calibrate_during = is_pl and soft.calibration
+        self.use_similarity = is_pl and soft.similarity
         self.bar = confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold)
+        self.tau = float(tc.synergy.tau)
+        self.bar_info: dict = {"tau": self.tau, "source": "config"}
+        # supervised warm start (semi-supervised methods, not when fine-tuning from a previous model)
+        self.warmup_iters = int(round(tc.warmup_fraction * tc.iterations)) \
+            if self.method in SEMI_SUPERVISED and not self.fine_tuning else 0
+        self.handed_over = self.warmup_iters == 0
         self.dice_loss = DiceLoss(include_background=False, softmax=True, smooth_nr=1.0, smooth_dr=1.0)
         self.regional = RegionalLoss(self.C, tc.label_smoothing, tc.soft_dice_smooth, tc.region_normalization,
                                      tc.soft_dice_weight, tc.soft_dice_batch)
@@ -179,12 +227,19 @@ class Trainer:
         return self.prototypes.smoothing_rows() if self.use_similarity else None
 
     def supervised_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """0.5 * (CE + Dice) on labeled patches; CE targets smoothed toward similar classes for synergypl."""
-        eps = self.tc.soft.smoothing if self.use_similarity else 0.0
-        target = smoothed_targets(labels, self.C, eps, self._smoothing_rows())
+        """0.5 * (CE + Dice) on labeled patches, against the labels as they are (never smoothed)."""
+        target = smoothed_targets(labels, self.C, 0.0)
         ce = soft_cross_entropy(logits, target).mean()
-        dice = self.dice_loss(logits, smoothed_targets(labels, self.C, 0.0))
+        dice = self.dice_loss(logits, target)
         return 0.5 * (ce + dice)
+
+    def unlabeled_weight(self) -> float:
+        """The ramped unlabeled weight: 0 during the warm start, then the Gaussian ramp-up from the hand-over."""
+        if self.iteration < self.warmup_iters:
+            return 0.0
+        tc = self.tc
+        return gaussian_rampup(self.iteration - self.warmup_iters, tc.iterations - self.warmup_iters,
+                               tc.rampup_fraction) * tc.unlabeled_weight
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x.shape, generator=self.gen) * self.tc.pseudo_noise_sigma
@@ -195,37 +250,76 @@ class Trainer:
         tc = self.tc
         self.student.train()
         xl, yl = self.labeled.sample(tc.batch_labeled)
-        xl, yl = xl.to(self.device), yl.to(self.device)
-        w = gaussian_rampup(self.iteration, tc.iterations, tc.rampup_fraction) * tc.unlabeled_weight
+        xl, yl = self.augment.geometry(xl.to(self.device), yl.to(self.device))
+        xl = self.augment.intensity(xl)
+        w = self.unlabeled_weight()
         losses: dict[str, float] = {}
-        if self.method in ("supervised", "full"):
+        if self.method in ("supervised", "full") or self.iteration < self.warmup_iters:
             loss = self.supervised_loss(self.train_net(xl), yl)
+            if self.method in SEMI_SUPERVISED:  # warm start: supervised only
+                losses["supervised"], losses["unlabeled"] = float(loss.detach()), 0.0
         else:
             loss = self._semi_supervised_loss(xl, yl, w, losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # AMP hook: a no-op scaler unless amp on CUDA
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        losses["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
         self.iteration += 1
         ema_update(self.teacher, self.student, min(1 - 1 / (self.iteration + 1), tc.ema_decay))
         self.ema_updates += 1
+        if not self.handed_over and self.iteration >= self.warmup_iters:
+            self.hand_over()
         losses["total"] = float(loss.detach())
         losses["weight"] = w
         return losses
+
+    def hand_over(self) -> None:
+        """End of the warm start: the teacher becomes a copy of the warmed student; synergypl fits the
+        teacher's temperature and chooses its bar on validation (recorded in ``bar_info``)."""
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.handed_over = True
+        if self.method == "synergypl":
+            self.prepare_bar(fit=self.tc.soft.calibrate)
+
+    def prepare_bar(self, fit: bool) -> None:
+        """The teacher's bar temperature (fitted on validation when ``fit``) and tau (chosen on validation
+        from ``synergy.tau_grid`` when ``synergy.select_tau``); rank 0 decides, every rank gets it."""
+        info = self._bar_on_validation(fit) if self.dist.is_main else None
+        info = self.dist.broadcast_object(info)
+        self.bar_temperature, self.tau, self.bar_info = info["temperature"], info["tau"], info
+
+    def _bar_on_validation(self, fit: bool) -> dict:
+        syn = self.tc.synergy
+        _, logits, labels = self.validate(collect_logits=True)
+        t = float(fit_temperature(logits, labels)) if fit else self.bar_temperature
+        probs = boost_probabilities(torch.softmax(logits.float() / t, 1), self.boost)
+        table = tau_table(probs, labels, syn.tau_grid)
+        choose = syn.select_tau and syn.bar == "max_prob"
+        tau = choose_tau(table, syn.min_coverage) if choose else float(syn.tau)
+        return {"iteration": self.iteration, "temperature": t, "temperature_fitted": bool(fit), "tau": tau,
+                "source": "validation" if choose else "config", "table": table}
 
     def _semi_supervised_loss(self, xl: torch.Tensor, yl: torch.Tensor, w: float,
                               losses: dict[str, float]) -> torch.Tensor:
         """Labeled loss + ``w`` * the method's unlabeled loss on a fresh unlabeled batch (fills ``losses``)."""
         xu, _ = self.unlabeled.sample(self.tc.batch_unlabeled)
-        xu = xu.to(self.device)
+        xu, _ = self.augment.geometry(xu.to(self.device))  # the same patch for teacher and student
+        extra = None
         if self.method == "mean_teacher":
             logits_l, loss_u = self._mean_teacher_loss(xl, xu, losses)
-        else:
+        elif self.method == "sgrs":
             logits_l, loss_u = self._synergy_loss(xl, xu, losses)
+        else:
+            logits_l, loss_u, extra = self._synergypl_loss(xl, yl, xu, losses)
         if self.use_similarity and self.features.features is not None:
             self.prototypes.update(self.features.features[:xl.shape[0]], yl)
             self.dist.sync_prototypes(self.prototypes)  # DDP hook: the same prototypes on every rank
         loss_l = self.supervised_loss(logits_l, yl)
+        if extra is not None:  # the labeled-origin part of the copy-paste images
+            losses["mixed_labeled"] = float(extra.detach())
+            loss_l = loss_l + self.tc.synergy.mixed_labeled_weight * extra
         losses["supervised"] = float(loss_l.detach())
         losses["unlabeled"] = float(loss_u.detach())
         return loss_l + w * loss_u
@@ -234,7 +328,7 @@ class Trainer:
                            losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """(labeled logits, weighted MSE between student and teacher softmax on noisy unlabeled images)."""
         bl = xl.shape[0]
-        logits = self.train_net(torch.cat([xl, self._noisy(xu)]))
+        logits = self.train_net(torch.cat([xl, self.augment.intensity(self._noisy(xu))]))
         with torch.no_grad():
             t_probs = torch.softmax(self.teacher_net(self._noisy(xu)), 1)
         consistency = F.mse_loss(torch.softmax(logits[bl:], 1), t_probs)
@@ -243,7 +337,8 @@ class Trainer:
 
     def _synergy_loss(self, xl: torch.Tensor, xu: torch.Tensor,
                       losses: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labeled logits, regional loss on the unlabeled and mixed images against the teacher's pseudo labels)."""
+        """``sgrs`` as published: (labeled logits, regional loss on the unlabeled and mixed images against the
+        teacher's hard pseudo labels; mixup; the margin bar on the student's two views)."""
         tc = self.tc
         bl, bu = xl.shape[0], xu.shape[0]
         with torch.no_grad():
@@ -253,16 +348,63 @@ class Trainer:
         logits = self.train_net(torch.cat([xl, xu, x_mix]))
         logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
         with torch.no_grad():
-            regions = synergy_regions(torch.softmax(logits_u / self.temperature, 1),
-                                      torch.softmax(logits_m / self.temperature, 1),
-                                      tc.confidence_mode, self.bar, self.class_scale)
+            regions = synergy_regions(torch.softmax(logits_u, 1), torch.softmax(logits_m, 1),
+                                      tc.confidence_mode, self.bar)
             self.region_share = torch.bincount(regions.flatten().cpu(), minlength=4).float() / regions.numel()
-        rows = self._smoothing_rows()
-        lu, parts_u = self.regional(logits_u, pseudo, regions, rows)
-        lm, parts_m = self.regional(logits_m, pseudo, regions, rows)
+        lu, parts_u = self.regional(logits_u, pseudo, regions)
+        lm, parts_m = self.regional(logits_m, pseudo, regions)
         for k in parts_u:
             losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
         return logits_l, 0.5 * (0.5 * (lu + lm))
+
+    def teacher_pseudo(self, xu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(calibrated, boosted teacher probabilities, hard pseudo labels, soft pseudo-label targets)."""
+        soft = self.tc.soft
+        with torch.no_grad():
+            probs = torch.softmax(self.teacher_net(self._noisy(xu)).float() / self.bar_temperature, 1)
+            probs = boost_probabilities(probs, self.boost)
+            eps = soft.smoothing if self.use_similarity else 0.0
+            return probs, probs.argmax(1), soft_pseudo_targets(probs, eps, self._smoothing_rows())
+
+    def _synergypl_loss(self, xl: torch.Tensor, yl: torch.Tensor, xu: torch.Tensor, losses: dict[str, float]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(labeled logits, unlabeled loss, labeled-origin loss of the copy-paste images or None).
+
+        The student sees U (intensity-augmented) and its mixed view (copy-paste: each U voxel once, pasted
+        among labeled context, :func:`stitch` of the two BCP images; or mixup); regions from the student's
+        two views (consistency) and the calibrated teacher's bar; regional losses against soft pseudo labels.
+        """
+        tc, syn = self.tc, self.tc.synergy
+        bl, bu = xl.shape[0], xu.shape[0]
+        t_probs, pseudo, targets = self.teacher_pseudo(xu)
+        xs = self.augment.intensity(xu)
+        extra = None
+        if syn.mix == "copy_paste":
+            masks = copy_paste_masks(bu, tuple(xu.shape[2:]), syn.box_fraction, self.gen).to(self.device)
+            x_in, x_out = copy_paste(xs, xl, masks)
+            logits = self.train_net(torch.cat([xl, xs, x_in, x_out]))
+            logits_l, logits_u = logits[:bl], logits[bl:bl + bu]
+            l_in, l_out = logits[bl + bu:bl + 2 * bu], logits[bl + 2 * bu:]
+            logits_m = stitch(l_in, l_out, masks)  # U's voxels in labeled context
+            extra = self.supervised_loss(stitch(l_out, l_in, masks), pair_labeled(yl, bu))  # X's voxels
+            weight_m = syn.alpha
+        else:
+            lam = mix_lambda(bu, tc.mix_beta, self.gen).to(self.device)
+            logits = self.train_net(torch.cat([xl, xs, mix_images(xs, xl, lam)]))
+            logits_l, logits_u, logits_m = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
+            weight_m = 0.5
+        with torch.no_grad():
+            pu, pm = torch.softmax(logits_u, 1), torch.softmax(logits_m, 1)
+            if syn.bar == "max_prob":
+                regions = teacher_regions(pu, pm, t_probs, self.tau)
+            else:
+                regions = synergy_regions(pu, pm, "margin", tc.margin_threshold)
+            self.region_share = torch.bincount(regions.flatten().cpu(), minlength=4).float() / regions.numel()
+        lu, parts_u = self.regional(logits_u, pseudo, regions, self._smoothing_rows(), targets)
+        lm, parts_m = self.regional(logits_m, pseudo, regions, self._smoothing_rows(), targets)
+        for k in parts_u:
+            losses[k] = float(0.5 * (parts_u[k] + parts_m[k]).detach())
+        return logits_l, 0.5 * (0.5 * lu + weight_m * lm), extra
 
     # --- validation, calibration, checkpoints -------------------------------------------------
     @torch.no_grad()
@@ -316,7 +458,9 @@ class Trainer:
             "ema_updates": self.ema_updates, "best_dice": self.best_dice, "best_iteration": self.best_iteration,
             "temperature": self.temperature, "prototypes": self.prototypes.state_dict(),
             "history": self.history, "rng": self.rng.bit_generator.state, "gen": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "method": self.method, "scaler": self.scaler.state_dict(), **extra,
+            "torch_rng": torch.get_rng_state(), "method": self.method, "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "handed_over": self.handed_over,
+            "bar_temperature": self.bar_temperature, "tau": self.tau, "bar_info": self.bar_info, **extra,
         }, self.out_dir / "state.pt")
 
     def load_state(self) -> bool:
@@ -339,15 +483,19 @@ class Trainer:
         torch.set_rng_state(s["torch_rng"])
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
+        if s.get("scheduler"):
+            self.scheduler.load_state_dict(s["scheduler"])
+        else:  # a state.pt from before the schedule: continue the schedule where the run is
+            for _ in range(self.iteration):
+                self.scheduler.step()
+        self.handed_over = s.get("handed_over", True)
+        self.bar_temperature = s.get("bar_temperature", self.bar_temperature)
+        self.tau, self.bar_info = s.get("tau", self.tau), s.get("bar_info", self.bar_info)
         self.dist.load_rank_state(self, s)  # DDP hook: this rank's random state and data-stream position
         return True
 
     def _validate_and_keep_best(self) -> float:
-        if self.calibrate_during:  # the synergy evaluation uses calibrated probabilities
-            dice, logits, labels = self.validate(collect_logits=True)
-            self.temperature = float(fit_temperature(logits, labels))
-        else:
-            dice = self.validate()
+        dice = self.validate()
         if dice > self.best_dice:
             self.best_dice, self.best_iteration = dice, self.iteration
             atomic_torch_save(self.model_payload(metrics={"val_dice": dice}), self.out_dir / "model.pt")
@@ -357,8 +505,9 @@ class Trainer:
             should_stop: Callable[[], bool] | None = None) -> TrainResult:
         """Train to ``iterations``; returns the selected checkpoint and its validation numbers."""
         tc = self.tc
-        if resume:
-            self.load_state()
+        resumed = self.load_state() if resume else False
+        if not resumed and self.fine_tuning and self.method == "synergypl":
+            self.prepare_bar(fit=False)  # the previous model's temperature; tau chosen for it on validation
         start, start_it = time.perf_counter(), self.iteration
 
         def emit(phase, losses, val=None):
@@ -410,11 +559,13 @@ class Trainer:
         self.teacher.load_state_dict(ckpt["state_dict"])
         emit("calibrate", {})
         t, before, after = self.calibrate()
-        applied = t if (self.method == "synergypl" and self.tc.soft.calibration) else 1.0
+        applied = t if (self.method == "synergypl" and self.tc.soft.calibrate) else 1.0
         ckpt["temperature"] = applied
         ckpt["metrics"].update({"val_dice": self.best_dice, "best_iteration": self.best_iteration,
                                 "ece_before": before, "ece_after": after if applied != 1.0 else before,
-                                "fitted_temperature": t})
+                                "fitted_temperature": t, "warmup_iterations": self.warmup_iters,
+                                "synergy_bar": {**self.bar_info, "temperature": self.bar_temperature,
+                                                "tau": self.tau}})
         net, cfg = network_from_checkpoint(ckpt)
         lam, aurocs = choose_mix_lambda(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
                                         self.validation)
