@@ -232,8 +232,9 @@ def check_no_leak(train_ids: list[str], train_images: list[Path], split: Split, 
 
 def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_ids: list[str], seed: int,
             profile: str, plan: dict | None, iterations: int | None, split_seed: int, work_dir: str,
-            threads: int) -> dict:
-    """Train and evaluate one (method, subset, seed); runs in a worker process."""
+            threads: int, progress: bool = False) -> dict:
+    """Train and evaluate one (method, subset, seed); runs in a worker process. ``progress``: an
+    iteration bar (with the best validation Dice so far) under the bench's run bar."""
     torch.set_num_threads(threads)
     classes, _ = load_decathlon(data)
     cfg = run_config(profile, classes, method, seed, plan, iterations)
@@ -246,7 +247,8 @@ def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_
     tests = test_cases(split, test_data)
     check_no_leak([c.id for c in (*pool, *val)], [c.image for c in (*split.pool, *split.validation)], split, tests)
     out_dir = Path(work_dir) / f"{method}_subset{subset}_seed{seed}"
-    result = Trainer(cfg, lab, unl, val, out_dir).run()
+    result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
+                                                      if progress else None)
     m = evaluate(result.checkpoint, tests, classes, uncertainty=method == "synergypl")
     run = {"method": method, "subset": subset, "labeled_ids": [c.id for c in lab], "seed": seed,
            "dice_mean": m["dice_mean"], "dice": m["dice"], "hd95_mean": m["hd95_mean"], "asd_mean": m["asd_mean"],
@@ -255,6 +257,22 @@ def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_
     detail.update(method=method, subset=subset, seed=seed, val_dice=result.best_val_dice,
                   best_iteration=result.best_iteration, labeled_cases=len(lab), unlabeled_cases=len(unl))
     return {"run": run, "detail": detail, "signals": m.get("signals")}
+
+
+def _iteration_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", leave=False)
+
+    def on_progress(ev) -> None:
+        bar.n = ev.iteration
+        if ev.best_val_dice is not None:
+            bar.set_postfix(best_val_dice=f"{ev.best_val_dice:.3f}", refresh=False)
+        bar.refresh()
+        if ev.phase in ("done", "cancelled"):
+            bar.close()
+
+    return on_progress
 
 
 def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False) -> Plan:
@@ -301,7 +319,8 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
         for m, k, s in jobs:
             if bar:
                 bar.set_description(f"bench {m}/subset{k}/seed{s}")
-            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, **args), m, k, s)
+            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, progress=progress, **args),
+                     m, k, s)
     else:
         import multiprocessing as mp
 
