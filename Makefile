@@ -62,9 +62,21 @@ test-pythons: setup
 demo: setup
 	$(BIN)/synergypl demo --out docs/demo
 
-bench: setup
-	$(BIN)/synergypl bench --labeled 7 --methods supervised,mean_teacher,sgrs,synergypl,full \
-		--seeds 0,1,2 --profile cpu --workers 2 --out docs/benchmarks
+# Benchmark v2 (../shared/BENCHMARK.md, docs/benchmarks/README.md): one target per dataset and budget,
+# e.g. `make bench-left_atrium-4`; `make bench` runs all five. Results in docs/benchmarks/DATASET/N-labeled.
+DATA         ?= ../shared/data
+BENCH_METHODS ?= supervised,mean_teacher,sgrs,synergypl,full
+BENCH_ARGS    ?= --subsets 3 --seeds 0 --profile cpu --workers 1
+BENCH_RUNS    = bench-hippocampus-3 bench-hippocampus-7 bench-left_atrium-4 bench-left_atrium-8 bench-chaos_mr-2
+
+bench: $(BENCH_RUNS)
+.PHONY: $(BENCH_RUNS)
+
+$(BENCH_RUNS): bench-%: setup
+	@d=$$(echo $* | sed 's/-[0-9]*$$//'); n=$$(echo $* | sed 's/.*-//'); \
+	echo "== bench $$d, $$n labeled"; \
+	$(BIN)/synergypl bench --data $(DATA)/$$d --labeled $$n --methods $(BENCH_METHODS) $(BENCH_ARGS) \
+		--out docs/benchmarks/$$d/$$n-labeled
 
 bench-latency: setup
 	$(BIN)/synergypl bench-latency --shape 256 256 128 --out docs/benchmarks

@@ -1,4 +1,4 @@
-"""The ``synergypl`` command: train, infer (engine); init, serve, token (service); bench, bench-latency, demo
+"""The ``synergypl`` command: train, infer, plan (engine); init, serve, token (service); bench, bench-latency, demo
 (harnesses; this file is the only importer of SynergyPLLib.harness)."""
 
 from __future__ import annotations
@@ -94,14 +94,31 @@ def cmd_infer(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .harness.bench import run_bench
+    from .harness.bench import SPLIT_SEED, run_bench
 
-    results = run_bench(args.data, args.labeled, args.methods.split(","), [int(s) for s in args.seeds.split(",")],
+    labeled = args.labeled
+    methods = args.methods.split(",")
+    results = run_bench(args.data, labeled, methods, [int(s) for s in args.seeds.split(",")],
                         args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
-                        workers=args.workers)
+                        workers=args.workers, subsets=args.subsets,
+                        split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
+                        measure_plan=args.measure_plan)
+    plan = results["plan"]
+    print(f"plan: patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
+          f"{plan['batch_unlabeled']}, {plan['iterations']} iterations")
     for m, s in results["summary"].items():
-        print(f"{m:14s} dice {s['dice_mean']:.4f} ± {s['dice_std']:.4f}  hd95 {s['hd95_mean']:.2f}  ece {s['ece']:.4f}")
-    print(f"wrote {Path(args.out) / 'results.json'}, uncertainty.json, report.md, dice.png")
+        vs = s["vs_supervised"]
+        vs_text = f"  vs supervised {vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else ""
+        hd = "n/a" if s["hd95_mean"] is None else f"{s['hd95_mean']:.2f}"
+        print(f"{m:14s} dice {s['dice_mean']:.4f} ± {s['dice_std']:.4f}  hd95 {hd}  ece {s['ece']:.4f}{vs_text}")
+    print(f"wrote {Path(args.out) / 'results.json'}, details.json, uncertainty.json, report.md, dice.png")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .engine.planning import plan_dataset
+
+    print(json.dumps(plan_dataset(args.data, args.profile, measure=args.measure).to_dict(), indent=2))
     return 0
 
 
@@ -171,17 +188,28 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--threshold", type=float, default=None, help="heatmap threshold for flagged regions")
     i.set_defaults(func=cmd_infer)
 
-    b = sub.add_parser("bench", help="the benchmark of shared/BENCHMARK.md")
+    b = sub.add_parser("bench", help="the benchmark (v2) of shared/BENCHMARK.md")
     b.add_argument("--data", default=default_data)
-    b.add_argument("--labeled", type=int, default=7)
+    b.add_argument("--labeled", type=int, default=7, help="labeled cases per subset, drawn from the training pool")
     b.add_argument("--methods", default="supervised,mean_teacher,sgrs,synergypl,full")
-    b.add_argument("--seeds", default="0,1,2")
+    b.add_argument("--subsets", type=int, default=3, help="different labeled subsets (each method sees the same)")
+    b.add_argument("--seeds", default="0", help="training seeds, comma-separated (vary randomness within a subset)")
     b.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
-    b.add_argument("--test-data", default=None, help="report on this Decathlon folder instead of the 40 test cases")
-    b.add_argument("--iterations", type=int, default=None, help="override the profile's iteration budget")
+    b.add_argument("--test-data", default=None,
+                   help="report on this Decathlon folder's cases instead of the test split (training unchanged)")
+    b.add_argument("--iterations", type=int, default=None, help="override the plan's iteration budget")
+    b.add_argument("--split-seed", type=int, default=None, help="seed of the test/validation/pool split")
+    b.add_argument("--measure-plan", action="store_true",
+                   help="time the network on this machine for the plan instead of the cost model")
     b.add_argument("--workers", type=int, default=1, help="runs in parallel (each gets cores/workers threads)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
+
+    pl = sub.add_parser("plan", help="fingerprint a Decathlon folder and print its plan (spacing, patch, batch, iterations)")
+    pl.add_argument("--data", required=True)
+    pl.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    pl.add_argument("--measure", action="store_true", help="time the network instead of the cost model")
+    pl.set_defaults(func=cmd_plan)
 
     lat = sub.add_parser("bench-latency", help="plain vs synergy prediction time, and one retraining round")
     lat.add_argument("--shape", type=int, nargs=3, default=[256, 256, 128])

@@ -4,6 +4,7 @@ Modules, one job each:
 - ``io``: volumes with geometry (NIfTI, NRRD, DICOM series) and input validation.
 - ``config``: the engine configuration that travels with each checkpoint.
 - ``data``: Decathlon folders, preprocessing (MONAI transforms) and patch sampling.
+- ``planning``: dataset fingerprint and plan (working spacing, patch, batch, iterations from a time budget).
 - ``model``: the MONAI network, feature hook and checkpoints.
 - ``synergy``: synergy evaluation (consistent/confident regions, the C-class bar, copy-paste/mixup) and the regional losses.
 - ``augment``: label-preserving augmentation of training patches (MONAI affine, intensity).

@@ -1,14 +1,25 @@
-"""The benchmark of ``../shared/BENCHMARK.md``: methods x seeds on a fixed split, test metrics,
-error detection of the heatmap against baselines, and the report.
+"""Benchmark v2 of ``../shared/BENCHMARK.md``: methods x labeled subsets x seeds on a fixed split, the
+dataset's plan, test metrics with paired bootstrap intervals, error detection of the heatmap, the report.
 
-Split (fixed by ``SPLIT_SEED``, written to the results): 40 test, 20 validation, 140 training pool; the
-labeled subset is the first ``labeled`` cases of the shuffled pool (the same for every method and seed,
-so seeds vary only training randomness). Checkpoints and temperatures are chosen on validation only.
+Split (fixed by ``split_seed``, written to the results): test = round(20%) of the cases, validation =
+max(2, round(10%)), training pool = the rest. ``--subsets K`` draws K different labeled subsets of
+``labeled`` cases from the pool (the same K for every method; the rest of the pool is unlabeled);
+seeds vary only training randomness. ``full`` labels the whole pool: it does not depend on the subset,
+so it runs once per seed (recorded as subset 0) and is paired with every subset of the other methods.
+Patch, working spacing, batch and iterations come from :func:`~..engine.planning.plan_dataset`.
+
+Nothing is chosen on test cases: training sees the pool, and checkpoints, temperatures and heatmap
+weights are chosen by the engine on the validation split; :func:`run_one` checks that no test case
+(or ``--test-data`` case) is among the cases it trains or validates on.
+
+``results.json`` holds exactly the keys of BENCHMARK.md; what else a run measured (per-case Dice, the
+validation Dice, the selected iteration, temperatures, ECE before calibration) is in ``details.json``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,6 +35,7 @@ from ..engine.data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_d
 from ..engine.inference import Predictor
 from ..engine.io import read_volume
 from ..engine.metrics import segmentation_metrics
+from ..engine.planning import Plan, plan_dataset
 from ..engine.trainer import Trainer
 from ..engine.uncertainty import (
     ErrorDetectionAccumulator,
@@ -34,8 +46,25 @@ from ..engine.uncertainty import (
 from .figures import dice_figure
 
 SPLIT_SEED = 20240611
-N_TEST, N_VAL = 40, 20
+SUBSET_SEED = 7
+BOOTSTRAP = 2000
 SIGNALS = ("synergy", "entropy", "mc_dropout", "tta_flip")
+BASELINES = ("supervised", "mean_teacher")
+RUN_KEYS = ("method", "subset", "labeled_ids", "seed", "dice_mean", "dice", "hd95_mean", "asd_mean", "ece",
+            "iterations", "train_seconds")
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """(test, validation, pool) sizes of BENCHMARK.md for ``n`` cases."""
+    n_test = _round_half_up(0.2 * n)
+    n_val = max(2, _round_half_up(0.1 * n))
+    if n - n_test - n_val < 1:
+        raise ValueError(f"{n} cases are too few for {n_test} test + {n_val} validation cases and a pool")
+    return n_test, n_val, n - n_test - n_val
 
 
 @dataclass
@@ -43,57 +72,89 @@ class Split:
     test: list[CaseSpec]
     validation: list[CaseSpec]
     pool: list[CaseSpec]
+    seed: int = SPLIT_SEED
 
     def ids(self) -> dict[str, list[str]]:
         return {k: [c.id for c in getattr(self, k)] for k in ("test", "validation", "pool")}
 
 
-def make_split(cases: list[CaseSpec], seed: int = SPLIT_SEED, n_test: int = N_TEST, n_val: int = N_VAL) -> Split:
-    """Shuffle case order with ``seed`` and cut test / validation / pool."""
-    if len(cases) < n_test + n_val + 2:
-        raise ValueError(f"{len(cases)} cases are too few for {n_test} test + {n_val} validation + a pool")
+def make_split(cases: list[CaseSpec], seed: int = SPLIT_SEED) -> Split:
+    """Shuffle the cases with ``seed`` and cut test / validation / pool by :func:`split_sizes`."""
+    n_test, n_val, _ = split_sizes(len(cases))
     order = np.random.default_rng(seed).permutation(len(cases))
     shuffled = [cases[i] for i in order]
-    return Split(shuffled[:n_test], shuffled[n_test:n_test + n_val], shuffled[n_test + n_val:])
+    return Split(shuffled[:n_test], shuffled[n_test:n_test + n_val], shuffled[n_test + n_val:], seed)
 
 
-def run_config(profile: str, classes: list[str], method: str, seed: int, iterations: int | None) -> EngineConfig:
+def draw_subsets(pool_ids: list[str], labeled: int, k: int, seed: int = SUBSET_SEED) -> list[list[str]]:
+    """``k`` different labeled subsets of ``labeled`` pool cases (in pool order), fixed by ``seed``."""
+    if not 0 < labeled <= len(pool_ids):
+        raise ValueError(f"--labeled {labeled}: the pool has {len(pool_ids)} cases")
+    if k > math.comb(len(pool_ids), labeled):
+        raise ValueError(f"only {math.comb(len(pool_ids), labeled)} different subsets of {labeled} exist")
+    rng = np.random.default_rng(seed)
+    out: list[list[str]] = []
+    while len(out) < k:
+        idx = sorted(rng.choice(len(pool_ids), size=labeled, replace=False).tolist())
+        ids = [pool_ids[i] for i in idx]
+        if ids not in out:
+            out.append(ids)
+    return out
+
+
+def paired_bootstrap(diffs: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, list[float]]:
+    """Mean of per-case paired differences and its percentile bootstrap 95% interval over cases."""
+    d = np.asarray(diffs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), [float(lo), float(hi)]
+
+
+def run_config(profile: str, classes: list[str], method: str, seed: int, plan: dict | None,
+               iterations: int | None) -> EngineConfig:
+    """The profile's config with the dataset's plan applied (``iterations`` overrides the plan's)."""
     cfg = profile_config(profile, classes)
+    if plan:
+        Plan(**plan).apply(cfg)
     cfg.train.method = method
     cfg.train.seed = seed
     if iterations:
         cfg.train.iterations = iterations
+        cfg.train.val_every = min(cfg.train.val_every, iterations)
     return cfg
 
 
-# ---- one (method, seed) run: train, then evaluate on the test cases -----------------------------
+# ---- one (method, subset, seed) run: train, then evaluate on the test cases ----------------------
 _CACHE: dict = {}
 
 
-def _loaded(data: str, test_data: str | None, labeled: int, full: bool):
-    """Per-process cache of preprocessed cases (the bench runs many jobs on the same data)."""
-    key = (data, test_data, labeled)
+def _loaded(data: str, split_seed: int, preprocess) -> tuple:
+    """Per-process cache of the preprocessed pool and validation cases (many runs share them)."""
+    key = (data, split_seed, json.dumps(preprocess.__dict__, default=str))
     if key not in _CACHE:
         classes, cases = load_decathlon(data)
-        split = make_split(cases)
-        pre = Preprocessor(EngineConfig(classes=classes).preprocess)
+        split = make_split(cases, split_seed)
+        pre = Preprocessor(preprocess)
         pool = load_cases(split.pool, pre, len(classes))
         val = load_cases(split.validation, pre, len(classes))
         _CACHE[key] = (classes, split, pool, val)
-    classes, split, pool, val = _CACHE[key]
-    lab = pool if full else pool[:labeled]
-    unl = [] if full else [LoadedCase(c.id, c.image, None, c.volume) for c in pool[labeled:]]
-    return classes, split, lab, unl, val
+    return _CACHE[key]
 
 
 def test_cases(split: Split, test_data: str | None) -> list[CaseSpec]:
+    """The cases reported on: ``test_data``'s labeled cases, else the test split."""
     if test_data:
         return load_decathlon(test_data)[1]
     return split.test
 
 
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
 def evaluate(model_path: Path, cases: list[CaseSpec], classes: list[str], uncertainty: bool) -> dict:
-    """Test metrics of one checkpoint; with ``uncertainty``, error detection of every signal."""
+    """Test metrics of one checkpoint (with per-case Dice); with ``uncertainty``, error detection of every signal."""
     predictor = Predictor.from_checkpoint(model_path)
     per_case, probs_all, labels_all = [], [], []
     acc = {s: ErrorDetectionAccumulator() for s in SIGNALS} if uncertainty else {}
@@ -133,9 +194,14 @@ def evaluate(model_path: Path, cases: list[CaseSpec], classes: list[str], uncert
     out = {
         "dice": {classes[c]: float(np.mean([m["dice"][classes[c]] for m in per_case])) for c in fg},
         "dice_mean": float(np.mean([m["dice_mean"] for m in per_case])),
-        "hd95_mean": float(np.nanmean([m["hd95_mean"] for m in per_case])),
-        "asd_mean": float(np.nanmean([m["asd_mean"] for m in per_case])),
+        "hd95_mean": _finite(float(np.nanmean([m["hd95_mean"] for m in per_case]))
+                             if any(np.isfinite(m["hd95_mean"]) for m in per_case) else float("nan")),
+        "asd_mean": _finite(float(np.nanmean([m["asd_mean"] for m in per_case]))
+                            if any(np.isfinite(m["asd_mean"]) for m in per_case) else float("nan")),
         "ece": float(expected_calibration_error(probs, labels)),
+        "per_case_dice": {spec.id: float(m["dice_mean"]) for spec, m in zip(cases, per_case, strict=True)},
+        "per_case_class_dice": {spec.id: {classes[c]: float(m["dice"][classes[c]]) for c in fg}
+                                for spec, m in zip(cases, per_case, strict=True)},
         "ece_classwise": dict(zip(classes, map(float, classwise_ece(probs, labels)), strict=True)),
         "temperature": predictor.temperature,
     }
@@ -155,74 +221,132 @@ def _to_grid(predictor: Predictor, conf, image) -> np.ndarray:
     return predictor.pre.invert(t, x)[0].numpy()
 
 
-def run_one(data: str, test_data: str | None, labeled: int, method: str, seed: int, profile: str,
-            iterations: int | None, work_dir: str, threads: int) -> dict:
-    """Train and evaluate one (method, seed); runs in a worker process."""
+def check_no_leak(train_ids: list[str], train_images: list[Path], split: Split, tests: list[CaseSpec]) -> None:
+    """ValueError when a case reported on is among the cases trained or validated on."""
+    ids = set(train_ids)
+    paths = {Path(p).resolve() for p in train_images}
+    leaked = [c.id for c in split.test if c.id in ids] + [c.id for c in tests if Path(c.image).resolve() in paths]
+    if leaked:
+        raise ValueError(f"test cases {sorted(set(leaked))} are among the training/validation cases")
+
+
+def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_ids: list[str], seed: int,
+            profile: str, plan: dict | None, iterations: int | None, split_seed: int, work_dir: str,
+            threads: int, progress: bool = False) -> dict:
+    """Train and evaluate one (method, subset, seed); runs in a worker process. ``progress``: an
+    iteration bar (with the best validation Dice so far) under the bench's run bar."""
     torch.set_num_threads(threads)
-    classes, split, lab, unl, val = _loaded(data, test_data, labeled, method == "full")
-    cfg = run_config(profile, classes, method, seed, iterations)
-    out_dir = Path(work_dir) / f"{method}_seed{seed}"
-    trainer = Trainer(cfg, lab, unl if method not in ("supervised", "full") else [], val, out_dir)
-    result = trainer.run()
-    metrics = evaluate(result.checkpoint, test_cases(split, test_data), classes, uncertainty=method == "synergypl")
-    return {"method": method, "seed": seed, **{k: v for k, v in metrics.items() if k != "signals"},
-            "iterations": result.iterations, "train_seconds": round(result.train_seconds, 2),
-            "val_dice": result.best_val_dice, "best_iteration": result.best_iteration,
-            "labeled_cases": len(lab), "unlabeled_cases": len(unl) if method not in ("supervised", "full") else 0,
-            "_signals": metrics.get("signals")}
+    classes, _ = load_decathlon(data)
+    cfg = run_config(profile, classes, method, seed, plan, iterations)
+    classes, split, pool, val = _loaded(data, split_seed, cfg.preprocess)
+    full = method == "full"
+    chosen = set(labeled_ids)
+    lab = pool if full else [c for c in pool if c.id in chosen]
+    unl = [] if method in ("supervised", "full") else \
+        [LoadedCase(c.id, c.image, None, c.volume) for c in pool if c.id not in chosen]
+    tests = test_cases(split, test_data)
+    check_no_leak([c.id for c in (*pool, *val)], [c.image for c in (*split.pool, *split.validation)], split, tests)
+    out_dir = Path(work_dir) / f"{method}_subset{subset}_seed{seed}"
+    result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
+                                                      if progress else None)
+    m = evaluate(result.checkpoint, tests, classes, uncertainty=method == "synergypl")
+    run = {"method": method, "subset": subset, "labeled_ids": [c.id for c in lab], "seed": seed,
+           "dice_mean": m["dice_mean"], "dice": m["dice"], "hd95_mean": m["hd95_mean"], "asd_mean": m["asd_mean"],
+           "ece": m["ece"], "iterations": int(result.iterations), "train_seconds": round(result.train_seconds, 2)}
+    detail = {k: v for k, v in m.items() if k not in run and k != "signals"}
+    detail.update(method=method, subset=subset, seed=seed, val_dice=result.best_val_dice,
+                  best_iteration=result.best_iteration, labeled_cases=len(lab), unlabeled_cases=len(unl))
+    return {"run": run, "detail": detail, "signals": m.get("signals")}
+
+
+def _iteration_bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", leave=False)
+
+    def on_progress(ev) -> None:
+        bar.n = ev.iteration
+        if ev.best_val_dice is not None:
+            bar.set_postfix(best_val_dice=f"{ev.best_val_dice:.3f}", refresh=False)
+        bar.refresh()
+        if ev.phase in ("done", "cancelled"):
+            bar.close()
+
+    return on_progress
+
+
+def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False) -> Plan:
+    """The dataset's plan for ``profile`` (see engine/planning.py)."""
+    return plan_dataset(data, profile, n_validation=n_validation, measure=measure)
 
 
 def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], profile: str, out: str,
               test_data: str | None = None, iterations: int | None = None, workers: int = 1,
-              progress: bool = True) -> dict:
-    """Run every (method, seed), write results.json, uncertainty.json, report.md and dice.png."""
+              progress: bool = True, subsets: int = 3, split_seed: int = SPLIT_SEED,
+              measure_plan: bool = False) -> dict:
+    """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png."""
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     classes, cases = load_decathlon(data)
-    split = make_split(cases)
-    n_test = len(test_cases(split, test_data))
-    jobs = [(m, s) for s in seeds for m in methods]
+    split = make_split(cases, split_seed)
+    tests = test_cases(split, test_data)
+    plan = bench_plan(data, profile, len(split.validation), measure_plan)
+    if iterations:
+        plan.iterations = iterations  # an explicit budget (tests, quick looks); recorded in the plan
+        plan.val_every = min(plan.val_every, iterations)
+        plan.estimated_train_seconds = None
+    pool_ids = [c.id for c in split.pool]
+    subset_ids = draw_subsets(pool_ids, labeled, subsets) if any(m != "full" for m in methods) else [pool_ids]
+    jobs = [(m, k, s) for s in seeds for k in range(len(subset_ids)) for m in methods if not (m == "full" and k)]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    runs = []
+    args = dict(data=str(data), test_data=test_data, profile=profile, plan=plan.to_dict(), iterations=None,
+                split_seed=split_seed, work_dir=str(out_path / "runs"), threads=threads)
+    args["plan"].pop("fingerprint")
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="bench", unit="run")
-    args = dict(data=str(data), test_data=test_data, labeled=labeled, profile=profile, iterations=iterations,
-                work_dir=str(out_path / "runs"), threads=threads)
+        bar = tqdm(total=len(jobs), desc=f"bench {_dataset_name(data)}", unit="run")
+    done = []
+
+    def finished(res, m, k, s):
+        done.append(res)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(last=f"{m}/subset{k}/seed{s} dice={res['run']['dice_mean']:.3f}")
+
     if workers <= 1:
-        for m, s in jobs:
-            runs.append(run_one(method=m, seed=s, **args))
+        for m, k, s in jobs:
             if bar:
-                bar.update(1)
-                bar.set_postfix(last=f"{m}/{s} dice={runs[-1]['dice_mean']:.3f}")
+                bar.set_description(f"bench {m}/subset{k}/seed{s}")
+            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, progress=progress, **args),
+                     m, k, s)
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, method=m, seed=s, **args): (m, s) for m, s in jobs}
+            futures = {pool.submit(run_one, method=m, subset=k, labeled_ids=subset_ids[k], seed=s, **args): (m, k, s)
+                       for m, k, s in jobs}
             for f in as_completed(futures):
-                runs.append(f.result())
-                if bar:
-                    bar.update(1)
-                    m, s = futures[f]
-                    bar.set_postfix(last=f"{m}/{s} dice={runs[-1]['dice_mean']:.3f}")
+                finished(f.result(), *futures[f])
     if bar:
         bar.close()
     order = {m: i for i, m in enumerate(methods)}
-    runs.sort(key=lambda r: (order[r["method"]], r["seed"]))
-    signals = [(r["seed"], r.pop("_signals")) for r in runs]
+    done.sort(key=lambda r: (order[r["run"]["method"]], r["run"]["subset"], r["run"]["seed"]))
+    runs = [r["run"] for r in done]
+    details = [r["detail"] for r in done]
+    split_doc = {"seed": split_seed, **split.ids(), "subsets": subset_ids,
+                 "test_data": ({"folder": str(test_data), "cases": [c.id for c in tests]} if test_data else None)}
     results = {
-        "dataset": _dataset_name(data), "test_cases": n_test, "labeled": labeled, "profile": profile,
-        "classes": classes[1:], "split_seed": SPLIT_SEED, "split": split.ids(),
-        "test_data": str(test_data) if test_data else None,
-        "runs": runs, "summary": summarize(runs, methods),
+        "dataset": _dataset_name(data), "test_cases": len(tests), "labeled": labeled, "profile": profile,
+        "classes": classes[1:], "split": split_doc, "plan": plan.to_dict(),
+        "runs": runs, "summary": summarize(runs, details, methods, classes[1:]),
     }
     (out_path / "results.json").write_text(json.dumps(results, indent=2))
-    unc = uncertainty_summary([s for s in signals if s[1]])
+    (out_path / "details.json").write_text(json.dumps({"runs": details}, indent=2))
+    unc = uncertainty_summary([(r["run"]["subset"], r["run"]["seed"], r["signals"]) for r in done if r["signals"]])
     (out_path / "uncertainty.json").write_text(json.dumps(unc, indent=2))
-    write_report(results, unc, out_path)
+    write_report(results, details, unc, out_path)
     return results
 
 
@@ -233,7 +357,28 @@ def _dataset_name(data: str) -> str:
         return Path(data).name
 
 
-def summarize(runs: list[dict], methods: list[str]) -> dict:
+def paired_difference(details: list[dict], method: str, baseline: str) -> dict | None:
+    """``method`` minus ``baseline``: per test case the Dice difference averaged over the matching (subset,
+    seed) pairs (``full`` matches every subset), then the mean over cases with a bootstrap 95% interval."""
+    mine = [d for d in details if d["method"] == method]
+    base = [d for d in details if d["method"] == baseline]
+    pairs = [(a, b) for a in mine for b in base
+             if a["seed"] == b["seed"] and (a["subset"] == b["subset"] or "full" in (method, baseline))]
+    if not pairs:
+        return None
+    case_ids = list(pairs[0][0]["per_case_dice"])
+    diffs = np.mean([[a["per_case_dice"][c] - b["per_case_dice"][c] for c in case_ids] for a, b in pairs], axis=0)
+    diff, ci = paired_bootstrap(diffs)
+    return {"diff": diff, "ci95": ci}
+
+
+def _mean_or_none(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarize(runs: list[dict], details: list[dict], methods: list[str], classes: list[str]) -> dict:
+    """Per method: Dice mean and std over runs, per-class Dice, HD95, ECE, paired differences to the baselines."""
     out = {}
     for m in methods:
         rs = [r for r in runs if r["method"] == m]
@@ -241,55 +386,82 @@ def summarize(runs: list[dict], methods: list[str]) -> dict:
             continue
         d = [r["dice_mean"] for r in rs]
         out[m] = {"dice_mean": float(np.mean(d)), "dice_std": float(np.std(d)),
-                  "hd95_mean": float(np.mean([r["hd95_mean"] for r in rs])),
-                  "asd_mean": float(np.mean([r["asd_mean"] for r in rs])),
-                  "ece": float(np.mean([r["ece"] for r in rs])), "seeds": len(rs),
-                  "train_seconds": float(np.mean([r["train_seconds"] for r in rs]))}
+                  "dice": {c: float(np.mean([r["dice"][c] for r in rs])) for c in classes},
+                  "hd95_mean": _mean_or_none([r["hd95_mean"] for r in rs]),
+                  "ece": float(np.mean([r["ece"] for r in rs])),
+                  "vs_supervised": paired_difference(details, m, "supervised"),
+                  "vs_mean_teacher": paired_difference(details, m, "mean_teacher")}
     return out
 
 
-def uncertainty_summary(per_seed: list[tuple[int, dict]]) -> dict:
-    """Mean over seeds of each signal's scores (plus the per-seed values and their spread)."""
-    if not per_seed:
+def uncertainty_summary(per_run: list[tuple[int, int, dict]]) -> dict:
+    """Mean over the synergypl runs of each signal's scores (plus the per-run values and their spread)."""
+    if not per_run:
         return {"signals": {}, "per_seed": []}
     signals = {}
     for s in SIGNALS:
-        keys = per_seed[0][1][s].keys()
-        signals[s] = {k: float(np.mean([d[s][k] for _, d in per_seed])) for k in keys}
-        signals[s]["auroc_std"] = float(np.std([d[s]["auroc"] for _, d in per_seed]))
-    return {"signals": signals, "per_seed": [{"seed": seed, "signals": d} for seed, d in per_seed],
+        keys = per_run[0][2][s].keys()
+        signals[s] = {k: float(np.mean([d[s][k] for _, _, d in per_run])) for k in keys}
+        signals[s]["auroc_std"] = float(np.std([d[s]["auroc"] for _, _, d in per_run]))
+    return {"signals": signals, "per_seed": [{"subset": k, "seed": seed, "signals": d} for k, seed, d in per_run],
             "model": "synergypl", "error": "voxel whose predicted label differs from the reference"}
 
 
-def write_report(results: dict, unc: dict, out: Path) -> None:
-    """report.md (tables) and dice.png (per-method Dice, one dot per seed: :func:`.figures.dice_figure`)."""
-    summ, classes = results["summary"], results["classes"]
-    lines = [f"# SynergyPL benchmark: {results['dataset']}", "",
-             f"{results['labeled']} labeled cases, profile `{results['profile']}`, {results['test_cases']} test cases, "
-             f"split seed {results['split_seed']}; mean ± std over seeds. Checkpoints and temperatures were "
-             "selected on the validation split only.", "",
-             "| method | Dice | " + " | ".join(f"Dice {c}" for c in classes) + " | HD95 (mm) | ASD (mm) | ECE | seeds | train s |",
+def _fmt(v, spec=".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _vs(v: dict | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v['diff']:+.2f} [{100 * v['ci95'][0]:+.2f}, {100 * v['ci95'][1]:+.2f}]"
+
+
+def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> None:
+    """report.md (the numbers of results.json as tables) and dice.png (:func:`.figures.dice_figure`)."""
+    summ, classes, plan, split = results["summary"], results["classes"], results["plan"], results["split"]
+    tested = (f"{results['test_cases']} cases of `{split['test_data']['folder']}`" if split.get("test_data")
+              else f"{results['test_cases']} test-split cases")
+    n_sub = len(split["subsets"])
+    lines = [f"# SynergyPL benchmark v2: {results['dataset']}", "",
+             f"{results['labeled']} labeled cases, {n_sub} labeled subset(s), profile `{results['profile']}`; "
+             f"reported on {tested}. Split seed {split['seed']}: {len(split['test'])} test / "
+             f"{len(split['validation'])} validation / {len(split['pool'])} pool. Checkpoints, temperatures and "
+             "heatmap weights were selected on the validation split only.", "",
+             f"Plan: patch {plan['patch_size']}, spacing {plan['spacing'] or 'each image its own'}, batch "
+             f"{plan['batch_labeled']} + {plan['batch_unlabeled']}, {plan['iterations']} iterations"
+             + (f", estimated {plan['estimated_train_seconds'] / 60:.1f} min of training per run"
+                if plan.get("estimated_train_seconds") else "") + ".", "",
+             "Dice: mean ± std over runs (subsets x seeds). vs supervised / vs mean_teacher: mean paired Dice "
+             "difference in points (same test case, subset and seed) with its bootstrap 95% interval over test cases.", "",
+             "| method | Dice | " + " | ".join(f"Dice {c}" for c in classes)
+             + " | HD95 (mm) | ECE | vs supervised | vs mean_teacher | runs |",
              "| --- | --- | " + " | ".join("---" for _ in classes) + " | --- | --- | --- | --- | --- |"]
     for m, s in summ.items():
-        per = [np.mean([r["dice"][c] for r in results["runs"] if r["method"] == m]) for c in classes]
-        lines.append(f"| {m} | {s['dice_mean']:.4f} ± {s['dice_std']:.4f} | " + " | ".join(f"{v:.4f}" for v in per)
-                     + f" | {s['hd95_mean']:.2f} | {s['asd_mean']:.2f} | {s['ece']:.4f} | {s['seeds']} | {s['train_seconds']:.0f} |")
+        n = sum(r["method"] == m for r in results["runs"])
+        lines.append(f"| {m} | {s['dice_mean']:.4f} ± {s['dice_std']:.4f} | "
+                     + " | ".join(f"{s['dice'][c]:.4f}" for c in classes)
+                     + f" | {_fmt(s['hd95_mean'], '.2f')} | {s['ece']:.4f} | {_vs(s['vs_supervised'])} | "
+                       f"{_vs(s['vs_mean_teacher'])} | {n} |")
+    lines += ["", "## Runs", "", "| method | subset | seed | Dice | HD95 (mm) | ASD (mm) | ECE | iterations | train s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results["runs"]:
+        lines.append(f"| {r['method']} | {r['subset']} | {r['seed']} | {r['dice_mean']:.4f} | {_fmt(r['hd95_mean'], '.2f')} | "
+                     f"{_fmt(r['asd_mean'], '.2f')} | {r['ece']:.4f} | {r['iterations']} | {r['train_seconds']:.0f} |")
     if unc.get("signals"):
         lines += ["", "## Error detection (synergypl model, test voxels)", "",
                   "| signal | AUROC | AUPRC | error recall at 5% flagged | seconds per case |", "| --- | --- | --- | --- | --- |"]
         for name, s in unc["signals"].items():
             lines.append(f"| {name} | {s['auroc']:.4f} ± {s['auroc_std']:.4f} | {s['auprc']:.4f} | "
                          f"{s['error_recall_at_5pct']:.4f} | {s['seconds_per_case']:.3f} |")
-    calibrated = [r for r in results["runs"] if "ece_before_calibration" in r]
+    calibrated = [d for d in details if "ece_before_calibration" in d]
     if calibrated:
+        names = list(calibrated[0]["ece_classwise"])
         lines += ["", "## Calibration (test voxels; temperature fitted on the validation split)", "",
-                  "| method | seed | T | ECE before | ECE after | " + " | ".join(f"class-wise ECE {c} before / after" for c in ["background", *classes]) + " |",
-                  "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in range(len(classes) + 1)) + " |"]
-        for r in calibrated:
-            per = [f"{r['ece_classwise_before_calibration'][c]:.4f} / {r['ece_classwise'][c]:.4f}"
-                   for c in r["ece_classwise"]]
-            lines.append(f"| {r['method']} | {r['seed']} | {r['temperature']:.3f} | {r['ece_before_calibration']:.4f} | "
-                         f"{r['ece']:.4f} | " + " | ".join(per) + " |")
+                  "| method | subset | seed | T | " + " | ".join(f"class-wise ECE {c} before / after" for c in names) + " |",
+                  "| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " |"]
+        for d in calibrated:
+            per = [f"{d['ece_classwise_before_calibration'][c]:.4f} / {d['ece_classwise'][c]:.4f}" for c in names]
+            lines.append(f"| {d['method']} | {d['subset']} | {d['seed']} | {d['temperature']:.3f} | " + " | ".join(per) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-
     dice_figure(results, out / "dice.png")

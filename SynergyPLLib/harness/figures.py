@@ -1,6 +1,6 @@
 """Every figure of the harnesses (matplotlib with the Agg backend: no display needed).
 
-- :func:`dice_figure`: the benchmark's ``dice.png`` (per-method test Dice, one dot per seed);
+- :func:`dice_figure`: the benchmark's ``dice.png`` (per-method test Dice, one dot per run);
 - :func:`heatmap_regions_figure`, :func:`annotator_curve_figure`: the demo's ``heatmap_regions.png``
   and ``annotator_curve.png``.
 """
@@ -22,18 +22,25 @@ def _pyplot():
 
 
 def dice_figure(results: dict, path: Path) -> None:
-    """Per-method test Dice of ``results`` (bench ``results.json``): one dot per seed, mean and std."""
+    """Per-method test Dice of ``results`` (bench ``results.json``): one dot per run (colour: labeled
+    subset), the mean and the std over runs."""
     plt = _pyplot()
     summ = results["summary"]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=110)
     names = list(summ)
+    colours = plt.get_cmap("tab10")
     for i, m in enumerate(names):
-        d = [r["dice_mean"] for r in results["runs"] if r["method"] == m]
-        ax.scatter([i] * len(d), d, color="tab:blue", alpha=0.6, s=18)
-        ax.errorbar(i, np.mean(d), yerr=np.std(d), fmt="_", color="black", capsize=6, markersize=20)
+        rs = [r for r in results["runs"] if r["method"] == m]
+        for r in rs:
+            ax.scatter(i + 0.06 * (r.get("subset", 0) - 1), r["dice_mean"], color=colours(r.get("subset", 0) % 10),
+                       alpha=0.7, s=18)
+        ax.errorbar(i, summ[m]["dice_mean"], yerr=summ[m]["dice_std"], fmt="_", color="black", capsize=6,
+                    markersize=20)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("test Dice (mean over classes)")
-    ax.set_title(f"{results['dataset']}: {results['labeled']} labeled, profile {results['profile']}")
+    subsets = len(results.get("split", {}).get("subsets", [])) or 1
+    ax.set_title(f"{results['dataset']}: {results['labeled']} labeled x {subsets} subset(s), "
+                 f"profile {results['profile']}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

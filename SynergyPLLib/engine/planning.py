@@ -1,0 +1,270 @@
+"""Dataset-aware planning, as nnU-Net plans from a dataset fingerprint.
+
+:func:`fingerprint` reads a Decathlon folder (through :func:`.decathlon.read_decathlon`, the one reader)
+with SimpleITK: every header (spacing, shape, in the network's voxel order, i.e. after the RAS
+re-orientation of :class:`.data.Preprocessor`), and from up to ``max_volumes`` cases (evenly spaced, so
+the sample is deterministic) the image intensities inside the labeled foreground and the voxel frequency
+of every class. :func:`plan` turns it into a :class:`Plan` for a profile:
+
+- **working spacing**: the median spacing per axis. When the median shape at that spacing holds more
+  voxels than the profile's grid budget (``GRID_VOXELS``), the fine axes (those with less than a third of
+  the coarsest axis' spacing; all axes for an isotropic set) are coarsened together, never beyond the
+  coarsest axis, until the median grid fits. A spacing equal to every case's own (within 1%) is
+  written as ``None``: the images are used on their own grid, as the engine does without a spacing.
+- **patch size**: per axis the median shape at the working spacing (along the through-plane axis of an
+  anisotropic set, those with ``ANISOTROPY`` times the finest spacing, the smallest case's: few slices,
+  and padding across them wastes the most), floored to a multiple of the network's total stride;
+  while it holds more voxels than ``PATCH_VOXELS[profile]`` the largest axis loses one stride.
+- **batch**: as many patches per side (labeled / unlabeled) as fill ``STEP_VOXELS[profile]``, 2..8.
+- **iterations**: ``gpu``: the profile's full schedule. ``cpu``: the profile's schedule, cut (to a
+  multiple of the validation interval) so that the estimated training time of one run of the costliest
+  method stays within ``CPU_BUDGET_SECONDS`` (8 minutes on 2 cores) minus a 15% margin.
+
+The time estimate is a per-voxel cost model measured on this project's 2-core CPU machine:
+``CPU_SECONDS_PER_VOXEL`` seconds per iteration per patch voxel in the batch (labeled + unlabeled) for
+``synergypl``/``sgrs`` (the costliest steps: teacher and student forward passes on the plain and the
+mixed views, one backward), taken from the v1 benchmark (600 iterations of synergypl on the hippocampus
+patch 32x48x32, batch 2+2: 218 s with validation every 50 iterations, i.e. 1.85e-6 s per voxel), and
+``CPU_SECONDS_PER_INFERENCE_VOXEL`` for one sliding-window pass over the validation cases (each
+validation, and the final calibration and heatmap-weight choice, counted as ``FINAL_PASSES`` passes).
+:func:`timed_seconds_per_iteration` measures the same quantity with a timed forward/backward of the real
+network on the planned patch, for a machine the constants do not describe.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import EngineConfig, profile_config
+from .decathlon import read_decathlon
+
+CPU_BUDGET_SECONDS = 480.0  # BENCHMARK.md: one run of one method <= 8 minutes on 2 CPU cores
+BUDGET_MARGIN = 0.15
+CPU_SECONDS_PER_VOXEL = 1.85e-6  # per iteration, per patch voxel of the batch (labeled + unlabeled)
+CPU_SECONDS_PER_INFERENCE_VOXEL = 5e-7  # one sliding-window forward pass, per voxel of the case grid
+FINAL_PASSES = 6  # calibration + heatmap mixing weight on validation, in validation passes
+STEP_FACTOR = 2.2  # a synergy step / one forward+backward of the batch (for the timed estimate)
+GRID_VOXELS = {"cpu": 400_000, "gpu": 8_000_000}
+PATCH_VOXELS = {"cpu": 65_536, "gpu": 262_144}
+STEP_VOXELS = {"cpu": 98_304, "gpu": 1_048_576}
+ANISOTROPY = 3.0
+_RAS = ("LR", "PA", "IS")
+
+
+@dataclass
+class Fingerprint:
+    """What planning needs to know about a dataset (axes in the network's voxel order, RAS)."""
+
+    name: str
+    classes: list[str]
+    cases: int
+    labeled_cases: int
+    spacings: list[list[float]]  # per case, mm
+    shapes: list[list[int]]  # per case, voxels
+    sampled_cases: int = 0
+    intensity: dict[str, float] = field(default_factory=dict)  # mean, std, p00_5, p99_5 in the foreground
+    class_frequency: dict[str, float] = field(default_factory=dict)  # voxel share of each class
+
+    @property
+    def median_spacing(self) -> list[float]:
+        return [float(v) for v in np.median(np.asarray(self.spacings), axis=0)]
+
+    @property
+    def median_shape(self) -> list[float]:
+        return [float(v) for v in np.median(np.asarray(self.shapes), axis=0)]
+
+    def summary(self) -> dict:
+        """The short form written into results.json (no per-case lists)."""
+        sp, sh = np.asarray(self.spacings), np.asarray(self.shapes)
+        return {"name": self.name, "cases": self.cases, "labeled_cases": self.labeled_cases,
+                "sampled_cases": self.sampled_cases,
+                "median_spacing": [round(v, 4) for v in self.median_spacing],
+                "median_shape": self.median_shape,
+                "min_shape": [int(v) for v in sh.min(0)], "max_shape": [int(v) for v in sh.max(0)],
+                "spacing_range": [[round(float(v), 4) for v in sp.min(0)], [round(float(v), 4) for v in sp.max(0)]],
+                "intensity": {k: round(v, 4) for k, v in self.intensity.items()},
+                "class_frequency": {k: round(v, 6) for k, v in self.class_frequency.items()}}
+
+
+@dataclass
+class Plan:
+    """Working spacing, patch, batch and iterations for one dataset and profile."""
+
+    profile: str
+    spacing: list[float] | None  # mm, network voxel order; None: each image's own grid
+    patch_size: list[int]
+    batch_labeled: int
+    batch_unlabeled: int
+    iterations: int
+    val_every: int
+    grid_shape: list[int]  # the median case at the working spacing
+    seconds_per_iteration: float | None
+    estimated_train_seconds: float | None
+    budget_seconds: float | None
+    fingerprint: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def apply(self, cfg: EngineConfig) -> EngineConfig:
+        """Write the plan into an engine config (spacing, patch, batch, iterations); returns ``cfg``."""
+        cfg.preprocess.spacing = tuple(self.spacing) if self.spacing else None
+        cfg.train.patch_size = tuple(self.patch_size)
+        cfg.train.batch_labeled = self.batch_labeled
+        cfg.train.batch_unlabeled = self.batch_unlabeled
+        cfg.train.iterations = self.iterations
+        cfg.train.val_every = self.val_every
+        return cfg
+
+
+def _ras_order(direction) -> list[int]:
+    """For each RAS axis, the file's voxel axis that runs along it (the nearest-axis rule of MONAI)."""
+    from .data import axcodes_of
+
+    codes = axcodes_of(direction)
+    return [next(i for i, c in enumerate(codes) if c in pair) for pair in _RAS]
+
+
+def _sample(n: int, k: int) -> list[int]:
+    return list(range(n)) if n <= k else sorted({int(round(v)) for v in np.linspace(0, n - 1, k)})
+
+
+def fingerprint(folder: str | Path, max_volumes: int = 40) -> Fingerprint:
+    """Headers of every training case, intensities and class frequencies of up to ``max_volumes``."""
+    import SimpleITK as sitk
+
+    ds = read_decathlon(folder, missing_labels_ok=True)
+    spacings, shapes = [], []
+    for case in ds.training:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(case.image))
+        reader.ReadImageInformation()
+        order = _ras_order(reader.GetDirection())
+        spacings.append([float(reader.GetSpacing()[i]) for i in order])
+        shapes.append([int(reader.GetSize()[i]) for i in order])
+    labeled = [c for c in ds.training if c.label is not None]
+    counts = np.zeros(len(ds.classes), dtype=np.int64)
+    fg_values = []
+    rng = np.random.default_rng(0)
+    for i in _sample(len(labeled), max_volumes):
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(labeled[i].label))).astype(np.int64)
+        counts += np.bincount(lab.ravel(), minlength=len(ds.classes))[: len(ds.classes)]
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(labeled[i].image), sitk.sitkFloat32))
+        vals = img[lab > 0]
+        if vals.size > 10_000:
+            vals = rng.choice(vals, 10_000, replace=False)
+        fg_values.append(np.asarray(vals, dtype=np.float64))
+    intensity = {}
+    if fg_values and sum(v.size for v in fg_values):
+        v = np.concatenate(fg_values)
+        intensity = {"mean": float(v.mean()), "std": float(v.std()), "p00_5": float(np.percentile(v, 0.5)),
+                     "p99_5": float(np.percentile(v, 99.5))}
+    total = max(1, int(counts.sum()))
+    return Fingerprint(name=ds.name, classes=list(ds.classes), cases=len(ds.training), labeled_cases=len(labeled),
+                       spacings=spacings, shapes=shapes, sampled_cases=min(len(labeled), max_volumes),
+                       intensity=intensity,
+                       class_frequency={c: float(n) / total for c, n in zip(ds.classes, counts, strict=True)})
+
+
+def working_spacing(fp: Fingerprint, grid_voxels: int) -> list[float]:
+    """Median spacing, the fine axes coarsened together until the median case fits ``grid_voxels``."""
+    spacing = np.asarray(fp.median_spacing, dtype=float)
+    extent = spacing * np.asarray(fp.median_shape)  # mm
+    coarse = spacing.max()
+    fine = spacing < coarse / ANISOTROPY
+    if not fine.any():
+        fine = np.ones(3, dtype=bool)
+    voxels = float(np.prod(extent / spacing))
+    if voxels > grid_voxels:
+        factor = (voxels / grid_voxels) ** (1.0 / fine.sum())
+        spacing = np.where(fine, spacing * factor, spacing)
+        if fine.sum() < 3:
+            spacing = np.minimum(spacing, coarse)
+    return [round(float(s), 4) for s in spacing]
+
+
+def _stride(cfg: EngineConfig) -> int:
+    return int(np.prod(cfg.model.strides))
+
+
+def patch_size(fp: Fingerprint, spacing: list[float], stride: int, max_voxels: int) -> list[int]:
+    """Median shape at ``spacing`` (the smallest case along the through-plane axis of an anisotropic
+    set), floored to the stride, shrunk to ``max_voxels``."""
+    sizes = np.asarray(fp.shapes) * np.asarray(fp.spacings) / np.asarray(spacing)
+    target = np.median(sizes, axis=0)
+    med = np.asarray(fp.median_spacing)
+    coarse = med >= med.min() * ANISOTROPY
+    target = np.where(coarse, sizes.min(0), target)
+    patch = [max(stride, int(v // stride) * stride) for v in target]
+    while math.prod(patch) > max_voxels and max(patch) > stride:
+        i = int(np.argmax(patch))
+        patch[i] -= stride
+    return patch
+
+
+def estimate_train_seconds(plan: Plan, n_validation: int, seconds_per_iteration: float) -> float:
+    """Training time of one run: iterations, validations every ``val_every``, final calibration passes."""
+    val_pass = n_validation * math.prod(plan.grid_shape) * CPU_SECONDS_PER_INFERENCE_VOXEL
+    checks = math.ceil(plan.iterations / plan.val_every) + FINAL_PASSES
+    return plan.iterations * seconds_per_iteration + checks * val_pass
+
+
+def timed_seconds_per_iteration(cfg: EngineConfig, repeats: int = 3) -> float:
+    """A timed forward/backward of the real network on the planned patch and batch, times STEP_FACTOR."""
+    import torch
+
+    from .model import build_network
+
+    net = build_network(cfg.model, cfg.num_classes)
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    x = torch.randn(cfg.train.batch_labeled + cfg.train.batch_unlabeled, 1, *cfg.train.patch_size)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        net(x).float().mean().backward()
+        opt.step()
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * STEP_FACTOR
+
+
+def plan(fp: Fingerprint, profile: str = "cpu", *, n_validation: int | None = None, measure: bool = False) -> Plan:
+    """The plan for ``fp`` and ``profile``; ``measure`` times the network instead of the cost model."""
+    cfg = profile_config(profile, fp.classes)
+    if profile not in GRID_VOXELS:
+        raise ValueError(f"unknown profile {profile!r}; choose cpu or gpu")
+    spacing = working_spacing(fp, GRID_VOXELS[profile])
+    grid = [int(round(e / s)) for e, s in zip(np.asarray(fp.median_spacing) * np.asarray(fp.median_shape),
+                                              spacing, strict=True)]
+    patch = patch_size(fp, spacing, _stride(cfg), PATCH_VOXELS[profile])
+    batch = int(min(8, max(2, STEP_VOXELS[profile] // math.prod(patch))))
+    sp = np.asarray(fp.spacings)
+    own = bool(np.all(np.abs(sp / np.asarray(spacing) - 1) <= 0.01))
+    p = Plan(profile=profile, spacing=None if own else spacing, patch_size=patch, batch_labeled=batch,
+             batch_unlabeled=batch, iterations=cfg.train.iterations, val_every=cfg.train.val_every,
+             grid_shape=grid, seconds_per_iteration=None, estimated_train_seconds=None, budget_seconds=None,
+             fingerprint=fp.summary())
+    if profile == "cpu":
+        if n_validation is None:
+            n_validation = max(2, int(math.floor(0.1 * fp.cases + 0.5)))
+        spi = timed_seconds_per_iteration(p.apply(cfg)) if measure else \
+            CPU_SECONDS_PER_VOXEL * math.prod(patch) * 2 * batch
+        budget = CPU_BUDGET_SECONDS * (1 - BUDGET_MARGIN)
+        while p.iterations > p.val_every and estimate_train_seconds(p, n_validation, spi) > budget:
+            p.iterations -= p.val_every
+        p.seconds_per_iteration = round(spi, 4)
+        p.estimated_train_seconds = round(estimate_train_seconds(p, n_validation, spi), 1)
+        p.budget_seconds = CPU_BUDGET_SECONDS
+    return p
+
+
+def plan_dataset(folder: str | Path, profile: str = "cpu", **kwargs) -> Plan:
+    """Fingerprint a Decathlon folder and plan it (the entry point for a user's own dataset)."""
+    max_volumes = kwargs.pop("max_volumes", 40)
+    return plan(fingerprint(folder, max_volumes=max_volumes), profile, **kwargs)

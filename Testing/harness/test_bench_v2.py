@@ -1,0 +1,209 @@
+"""Benchmark v2 (shared/BENCHMARK.md): the split rule, the labeled subsets, the paired bootstrap, and the
+results.json contract on a tiny real run (16 real hippocampus cases, a few iterations), with --test-data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynergyPLLib.cli import main
+from SynergyPLLib.engine.data import CaseSpec
+from SynergyPLLib.harness.bench import (
+    RUN_KEYS,
+    draw_subsets,
+    make_split,
+    paired_bootstrap,
+    paired_difference,
+    split_sizes,
+)
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
+needs_data = pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
+TINY_ITERATIONS = 4
+
+
+def _cases(n: int) -> list[CaseSpec]:
+    return [CaseSpec(f"case_{i:03d}", Path(f"/nowhere/case_{i:03d}.nii.gz")) for i in range(n)]
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(200, (40, 20, 140)), (80, (16, 8, 56)), (16, (3, 2, 11))])
+def test_split_sizes_follow_the_rule(n, sizes):
+    assert split_sizes(n) == sizes
+    split = make_split(_cases(n), seed=3)
+    ids = split.ids()
+    assert tuple(len(ids[k]) for k in ("test", "validation", "pool")) == sizes
+    every = ids["test"] + ids["validation"] + ids["pool"]
+    assert sorted(every) == [c.id for c in _cases(n)]  # disjoint and complete
+    assert make_split(_cases(n), seed=3).ids() == ids  # fixed by the seed
+    assert make_split(_cases(n), seed=4).ids() != ids
+
+
+def test_split_refuses_too_few_cases():
+    with pytest.raises(ValueError, match="too few"):
+        split_sizes(3)
+
+
+def test_subsets_differ_are_from_the_pool_and_fixed():
+    pool = [f"p{i}" for i in range(11)]
+    subsets = draw_subsets(pool, 2, 3)
+    assert len(subsets) == 3 and all(len(s) == 2 and set(s) <= set(pool) for s in subsets)
+    assert len({tuple(s) for s in subsets}) == 3
+    assert draw_subsets(pool, 2, 3) == subsets
+    with pytest.raises(ValueError):
+        draw_subsets(pool, 12, 1)
+    with pytest.raises(ValueError, match="different subsets"):
+        draw_subsets(pool[:3], 3, 2)  # only one subset of 3 out of 3 exists
+
+
+def test_paired_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.6, 0.9, 40)
+    clear = base + 0.03 + rng.normal(0, 0.01, 40)
+    diff, (lo, hi) = paired_bootstrap(clear - base)
+    assert diff == pytest.approx(0.03, abs=0.005)
+    assert lo < 0.03 < hi and lo > 0
+    noise = rng.normal(0, 0.02, 40)
+    noise -= noise.mean()  # a method that differs from the baseline only by noise
+    diff, (lo, hi) = paired_bootstrap(noise)
+    assert diff == pytest.approx(0.0, abs=1e-12) and lo < 0 < hi
+    # pairing: a large between-case spread does not widen the interval of a constant paired difference
+    diff, (lo, hi) = paired_bootstrap(np.full(40, 0.01))
+    assert (diff, lo, hi) == pytest.approx((0.01, 0.01, 0.01))
+
+
+def test_paired_difference_pairs_subset_and_seed():
+    cases = [f"c{i}" for i in range(30)]
+    rng = np.random.default_rng(2)
+
+    def detail(method, subset, seed, values):
+        return {"method": method, "subset": subset, "seed": seed, "per_case_dice": dict(zip(cases, values, strict=True))}
+
+    base = {(k, s): rng.uniform(0.3, 0.9, 30) for k in (0, 1) for s in (0, 1)}  # subsets differ a lot
+    details = [detail("supervised", k, s, v) for (k, s), v in base.items()]
+    details += [detail("synergypl", k, s, v + 0.02) for (k, s), v in base.items()]
+    details += [detail("full", 0, s, np.full(30, 0.95)) for s in (0, 1)]
+    out = paired_difference(details, "synergypl", "supervised")
+    assert out["diff"] == pytest.approx(0.02) and out["ci95"] == pytest.approx([0.02, 0.02])
+    full = paired_difference(details, "full", "supervised")  # full is paired with every subset of the seed
+    expected = np.mean([0.95 - v for v in base.values()], axis=0)
+    assert full["diff"] == pytest.approx(float(expected.mean()))
+    assert paired_difference(details, "synergypl", "mean_teacher") is None
+
+
+def _tiny_dataset(root: Path, ids: list[str]) -> Path:
+    """A Decathlon folder of real hippocampus cases (symlinked)."""
+    meta = json.loads((DATA / "dataset.json").read_text())
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in ids:
+        for sub in ("imagesTr", "labelsTr"):
+            (root / sub / f"{i}.nii.gz").symlink_to(DATA / sub / f"{i}.nii.gz")
+    meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
+    meta["numTraining"] = len(ids)
+    meta["test"] = []
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """16 real hippocampus cases (3 test / 2 validation / 11 pool); 2 methods x 2 subsets x seed 0."""
+    if not (DATA / "dataset.json").exists():
+        pytest.skip("../shared/data/hippocampus missing")
+    root = tmp_path_factory.mktemp("bench_v2")
+    ids = sorted(p.name[: -len(".nii.gz")] for p in (DATA / "labelsTr").glob("*.nii.gz"))
+    data = _tiny_dataset(root / "data", ids[:16])
+    out = root / "out"
+    rc = main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised,mean_teacher",
+               "--subsets", "2", "--seeds", "0", "--profile", "cpu", "--iterations", str(TINY_ITERATIONS),
+               "--out", str(out)])
+    assert rc == 0
+    return data, out, ids
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@needs_data
+def test_results_json_matches_the_contract(tiny):
+    data, out, _ = tiny
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"dataset", "test_cases", "labeled", "profile", "classes", "split", "plan", "runs", "summary"}
+    assert res["dataset"] == "Hippocampus" and res["test_cases"] == 3 and res["labeled"] == 2
+    assert res["profile"] == "cpu" and res["classes"] == ["Anterior", "Posterior"]
+    split = res["split"]
+    assert {"test", "validation", "pool"} <= set(split) and isinstance(split["seed"], int)
+    assert (len(split["test"]), len(split["validation"]), len(split["pool"])) == (3, 2, 11)
+    plan = res["plan"]
+    assert {"patch_size", "spacing", "iterations", "batch_labeled", "batch_unlabeled", "fingerprint"} <= set(plan)
+    assert plan["patch_size"] == [32, 48, 32] and plan["spacing"] is None and plan["iterations"] == TINY_ITERATIONS
+    assert plan["fingerprint"]["cases"] == 16
+    runs = res["runs"]
+    assert [(r["method"], r["subset"], r["seed"]) for r in runs] == [
+        ("supervised", 0, 0), ("supervised", 1, 0), ("mean_teacher", 0, 0), ("mean_teacher", 1, 0)]
+    for r in runs:
+        assert tuple(r) == RUN_KEYS
+        assert isinstance(r["method"], str) and isinstance(r["subset"], int) and isinstance(r["seed"], int)
+        assert isinstance(r["labeled_ids"], list) and len(r["labeled_ids"]) == 2
+        assert set(r["labeled_ids"]) <= set(split["pool"])  # never a test or validation case
+        assert set(r["dice"]) == set(res["classes"]) and all(_is_num(v) for v in r["dice"].values())
+        assert all(_is_num(r[k]) for k in ("dice_mean", "ece", "train_seconds"))
+        assert all(r[k] is None or _is_num(r[k]) for k in ("hd95_mean", "asd_mean"))
+        assert isinstance(r["iterations"], int) and r["iterations"] == TINY_ITERATIONS
+    # each method sees the same subsets, and the subsets differ
+    by = {(r["method"], r["subset"]): r["labeled_ids"] for r in runs}
+    assert by[("supervised", 0)] == by[("mean_teacher", 0)] and by[("supervised", 1)] == by[("mean_teacher", 1)]
+    assert by[("supervised", 0)] != by[("supervised", 1)]
+    assert split["subsets"] == [by[("supervised", 0)], by[("supervised", 1)]]
+    summ = res["summary"]
+    assert list(summ) == ["supervised", "mean_teacher"]
+    for m, s in summ.items():
+        assert set(s) == {"dice_mean", "dice_std", "dice", "hd95_mean", "ece", "vs_supervised", "vs_mean_teacher"}
+        ds = [r["dice_mean"] for r in runs if r["method"] == m]
+        assert s["dice_mean"] == pytest.approx(np.mean(ds)) and s["dice_std"] == pytest.approx(np.std(ds))
+        for key in ("vs_supervised", "vs_mean_teacher"):
+            assert set(s[key]) == {"diff", "ci95"} and _is_num(s[key]["diff"]) and len(s[key]["ci95"]) == 2
+            assert s[key]["ci95"][0] <= s[key]["diff"] <= s[key]["ci95"][1]
+    assert summ["supervised"]["vs_supervised"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    det = json.loads((out / "details.json").read_text())["runs"]
+    assert all(set(d["per_case_dice"]) == set(split["test"]) for d in det)
+    # the other outputs: the report carries the same numbers, the figure and uncertainty.json exist
+    report = (out / "report.md").read_text()
+    assert f"{summ['supervised']['dice_mean']:.4f}" in report and "vs supervised" in report
+    assert (out / "dice.png").stat().st_size > 1000
+    unc = json.loads((out / "uncertainty.json").read_text())
+    assert isinstance(unc["signals"], dict)
+
+
+@needs_data
+def test_test_data_replaces_only_the_test_cases(tiny, tmp_path):
+    data, out, ids = tiny
+    base = json.loads((out / "results.json").read_text())
+    held_out = _tiny_dataset(tmp_path / "held_out", ids[100:102])  # cases outside the 16
+    out2 = tmp_path / "out"
+    assert main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised", "--subsets", "2",
+                 "--seeds", "0", "--iterations", str(TINY_ITERATIONS), "--test-data", str(held_out),
+                 "--out", str(out2)]) == 0
+    res = json.loads((out2 / "results.json").read_text())
+    assert res["test_cases"] == 2
+    assert res["split"]["test_data"]["cases"] == ids[100:102]
+    for k in ("test", "validation", "pool", "subsets", "seed"):  # training and validation unchanged
+        assert res["split"][k] == base["split"][k]
+    assert [r["labeled_ids"] for r in res["runs"]] == [r["labeled_ids"] for r in base["runs"][:2]]
+    det = json.loads((out2 / "details.json").read_text())["runs"]
+    assert all(sorted(d["per_case_dice"]) == ids[100:102] for d in det)
+
+
+@needs_data
+def test_test_data_overlapping_training_is_refused(tiny, tmp_path, capsys):
+    data, _, _ = tiny
+    rc = main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised", "--subsets", "1",
+               "--seeds", "0", "--iterations", "1", "--test-data", str(data), "--out", str(tmp_path / "o")])
+    assert rc == 2  # the training folder itself as --test-data: its pool cases would be reported on
+    assert "among the training/validation cases" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "o", ignore_errors=True)

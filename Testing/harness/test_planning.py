@@ -1,0 +1,140 @@
+"""Dataset-aware planning (engine/planning.py) on the three shared datasets and on a user's own folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from SynergyPLLib.engine.config import profile_config
+from SynergyPLLib.engine.data import Preprocessor
+from SynergyPLLib.engine.io import read_volume
+from SynergyPLLib.engine.planning import (
+    CPU_BUDGET_SECONDS,
+    GRID_VOXELS,
+    PATCH_VOXELS,
+    Fingerprint,
+    fingerprint,
+    plan,
+    plan_dataset,
+)
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _needs(name: str) -> Path:
+    folder = SHARED / name
+    if not (folder / "dataset.json").exists():
+        pytest.skip(f"../shared/data/{name} missing")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plans():
+    out = {}
+    for name in ("hippocampus", "left_atrium", "chaos_mr"):
+        if (SHARED / name / "dataset.json").exists():
+            fp = fingerprint(SHARED / name)
+            out[name] = (fp, plan(fp, "cpu"), plan(fp, "gpu"))
+    return out
+
+
+def _check_common(p, fp):
+    assert all(s % 8 == 0 and s >= 8 for s in p.patch_size)  # the network's total stride 2*2*2
+    assert math.prod(p.patch_size) <= PATCH_VOXELS[p.profile]
+    assert all(ps <= g for ps, g in zip(p.patch_size, p.grid_shape, strict=True))  # fits the median case
+    assert p.batch_labeled >= 2 and p.batch_unlabeled >= 2
+    if p.profile == "cpu":
+        assert p.estimated_train_seconds <= CPU_BUDGET_SECONDS
+        assert p.iterations % p.val_every == 0 and p.iterations > 0
+    assert json.loads(json.dumps(p.to_dict()))["fingerprint"]["cases"] == fp.cases
+
+
+def test_hippocampus_plan(plans):
+    _needs("hippocampus")
+    fp, cpu, gpu = plans["hippocampus"]
+    assert fp.cases == 200 and fp.median_spacing == [1.0, 1.0, 1.0]
+    assert cpu.spacing is None  # 1 mm everywhere: the images' own grid
+    assert cpu.patch_size == [32, 48, 32]  # fits about 35 x 50 x 35
+    assert cpu.iterations == 600 and gpu.iterations == 6000
+    assert fp.class_frequency["Anterior"] == pytest.approx(0.028, abs=0.005)
+    _check_common(cpu, fp)
+    _check_common(gpu, fp)
+
+
+def test_chaos_mr_plan_coarsens_in_plane(plans):
+    _needs("chaos_mr")
+    fp, cpu, gpu = plans["chaos_mr"]
+    assert fp.median_spacing == pytest.approx([1.25, 1.25, 7.7], abs=0.01)
+    assert cpu.spacing[0] > 1.25 and cpu.spacing[1] > 1.25 and cpu.spacing[2] == pytest.approx(7.7, abs=0.01)
+    assert math.prod(cpu.grid_shape) <= GRID_VOXELS["cpu"] * 1.02
+    assert cpu.patch_size[2] <= min(s[2] for s in fp.shapes) <= 31  # every case's 30-46 slices hold it
+    assert gpu.spacing is None  # the full-resolution grid fits the gpu budget
+    assert fp.class_frequency["liver"] == pytest.approx(0.06, abs=0.01)
+    assert 0.005 < fp.class_frequency["right kidney"] < 0.01
+    _check_common(cpu, fp)
+    _check_common(gpu, fp)
+
+
+def test_left_atrium_plan(plans):
+    _needs("left_atrium")
+    fp, cpu, gpu = plans["left_atrium"]
+    assert cpu.spacing is None and fp.median_spacing == pytest.approx([1.25] * 3)
+    assert all(p <= s for p, s in zip(cpu.patch_size, (90, 70, 44), strict=True))  # fits about 90 x 70 x 44
+    _check_common(cpu, fp)
+    _check_common(gpu, fp)
+
+
+def test_plan_is_deterministic():
+    folder = _needs("hippocampus")
+    assert plan_dataset(folder, "cpu").to_dict() == plan_dataset(folder, "cpu").to_dict()
+
+
+def test_iterations_shrink_to_the_time_budget():
+    big = Fingerprint("big", ["background", "organ"], 100, 100, spacings=[[1.0, 1.0, 1.0]] * 100,
+                      shapes=[[300, 300, 300]] * 100)
+    p = plan(big, "cpu", n_validation=200)  # validation passes over 200 large cases dominate
+    assert p.iterations < profile_config("cpu").train.iterations
+    assert p.estimated_train_seconds <= CPU_BUDGET_SECONDS
+    assert math.prod(p.grid_shape) <= GRID_VOXELS["cpu"] * 1.02
+
+
+def test_apply_writes_the_engine_config(plans):
+    _needs("chaos_mr")
+    _, cpu, _ = plans["chaos_mr"]
+    cfg = cpu.apply(profile_config("cpu", ["background", "a", "b", "c", "d"]))
+    assert cfg.preprocess.spacing == tuple(cpu.spacing) and cfg.train.patch_size == tuple(cpu.patch_size)
+    assert (cfg.train.batch_labeled, cfg.train.iterations) == (cpu.batch_labeled, cpu.iterations)
+
+
+def test_users_own_folder_in_network_axis_order(tmp_path):
+    """A user's dataset stored with swapped axes: the fingerprint's spacing and shape are those the
+    network sees after the Preprocessor's RAS re-orientation."""
+    sitk = pytest.importorskip("SimpleITK")
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    training = []
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        arr = rng.normal(100, 10, (12, 40, 30)).astype(np.float32)  # numpy (k, j, i): size i=30, j=40, k=12
+        lab = np.zeros(arr.shape, np.uint8)
+        lab[4:8, 10:20, 10:20] = 1
+        for a, sub in ((arr, "imagesTr"), (lab, "labelsTr")):
+            img = sitk.GetImageFromArray(a)
+            img.SetSpacing((0.8, 0.9, 4.0))
+            img.SetDirection((0, 0, 1, 0, 1, 0, 1, 0, 0))  # voxel axis i runs along S, k along L
+            sitk.WriteImage(img, str(tmp_path / sub / f"c{i}.nii.gz"))
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "mine", "labels": {"0": "background", "1": "x"},
+                                                      "training": training}))
+    fp = fingerprint(tmp_path)
+    vol = read_volume(tmp_path / "imagesTr" / "c0.nii.gz")
+    seen = Preprocessor(profile_config("cpu").preprocess).image(vol)
+    assert fp.shapes[0] == list(seen.shape[1:])
+    assert fp.spacings[0] == pytest.approx([4.0, 0.9, 0.8])  # R-L is the file's k, S-I its i
+    assert fp.class_frequency["x"] == pytest.approx(400 / (12 * 40 * 30))
+    p = plan(fp, "cpu")
+    assert all(s % 8 == 0 for s in p.patch_size) and p.estimated_train_seconds <= CPU_BUDGET_SECONDS
