@@ -18,7 +18,7 @@ from ..schemas import ErrorOut, common_errors, errors
 
 PACS_ERRORS = {502: {"model": ErrorOut, "description": "the PACS is unreachable, refused us, or failed"},
                504: {"model": ErrorOut, "description": "the PACS did not answer in time (dicomweb.timeout)"}}
-router = APIRouter(tags=["pacs"], responses={**common_errors(), **PACS_ERRORS})
+router = APIRouter(tags=["pacs"], responses={**common_errors(), **errors(400), **PACS_ERRORS})  # 400: a bad id or body
 
 
 class ImportIn(BaseModel):
@@ -38,7 +38,7 @@ def series(study: str | None = Query(None, max_length=64), st: AppState = Depend
     return pacs.remote_series(st.ws, study)
 
 
-@router.post("/pacs/import", status_code=201, responses=errors(404, 409, 422),
+@router.post("/pacs/import", status_code=201, responses=errors(400, 404, 409, 422),
              summary="Import a PACS series as a case (its pixels are fetched on first use)")
 def import_series(body: ImportIn, st: AppState = Depends(get_state)) -> dict:
     return pacs.import_series(st.ws, body.study_uid, body.series_uid, body.case_id)
