@@ -181,22 +181,27 @@ def test_a_512x512x300_ct_moves_through_the_panel_within_2x_of_a_plain_process(s
 
 
 def test_the_emulation_starves_an_in_thread_transfer(served, token, server_python, tmp_path):
-    """The old path (HTTP on the worker thread) under the emulation: a 32 MB CT already crawls."""
+    """The old path (HTTP on the worker thread) under the emulation: a 32 MB CT already fails the limit
+    the panel path meets. Best of ``RUNS`` runs of each path, as above (a single run once came out at
+    2.96x on a loaded CI machine)."""
     small = _write_ct(server_python, tmp_path / "small.nrrd", (512, 512, 64))
     plain = SynergyPLClient(served, token=token, timeout=600)
     plain.upload_case(small, case_id="small")
     runner = BackgroundRunner()
+    times = {"plain": [], "in_thread": [], "panel": []}
     try:
-        time.sleep(1.0)
-        t_plain, _ = timed(lambda: plain.download_image("small", tmp_path / "plain.nrrd"))
-        t_thread, _ = through_panel(runner, lambda ctx: SynergyPLClient(served, token=token, timeout=600).download_image(
-            "small", tmp_path / "thread.nrrd"))
-        time.sleep(1.0)
-        t_panel, _ = through_panel(runner, lambda ctx: panel_client_factory(runner)(served, token, 600).download_image(
-            "small", tmp_path / "panel.nrrd"))
+        for _ in range(RUNS):
+            time.sleep(0.5)
+            times["plain"].append(timed(lambda: plain.download_image("small", tmp_path / "plain.nrrd"))[0])
+            times["in_thread"].append(through_panel(runner, lambda ctx: SynergyPLClient(
+                served, token=token, timeout=600).download_image("small", tmp_path / "thread.nrrd"))[0])
+            time.sleep(0.5)
+            times["panel"].append(through_panel(runner, lambda ctx: panel_client_factory(runner)(
+                served, token, 600).download_image("small", tmp_path / "panel.nrrd"))[0])
     finally:
         runner.shutdown()
+    best = {k: min(v) for k, v in times.items()}
     _report("emulation_check_32mb_download", {"stored_mb": round((tmp_path / "plain.nrrd").stat().st_size / 1e6, 1),
-                                              "plain_s": round(t_plain, 3), "in_thread_s": round(t_thread, 3),
-                                              "panel_s": round(t_panel, 3)})
-    assert t_thread > 3 * t_plain, (t_thread, t_plain)
+                                              "runs": RUNS, "best_s": {k: round(v, 3) for k, v in best.items()},
+                                              "median_s": {k: round(statistics.median(v), 3) for k, v in times.items()}})
+    assert best["in_thread"] > MAX_RATIO * best["plain"], times
