@@ -38,7 +38,7 @@ from ..common.metrics import dice_per_class
 from . import distributed
 from .augment import Augmenter
 from .calibration import expected_calibration_error, fit_temperature
-from .config import EngineConfig
+from .config import EngineConfig, warmup_fraction_for
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
 from .inference import Predictor, choose_mix_lambda
 from .model import (
@@ -208,7 +208,7 @@ class Trainer:
         self.tau = float(tc.synergy.tau)
         self.bar_info: dict = {"tau": self.tau, "source": "config"}
         # supervised warm start (semi-supervised methods, not when fine-tuning from a previous model)
-        self.warmup_iters = int(round(tc.warmup_fraction * tc.iterations)) \
+        self.warmup_iters = int(round(warmup_fraction_for(tc) * tc.iterations)) \
             if self.method in SEMI_SUPERVISED and not self.fine_tuning else 0
         self.handed_over = self.warmup_iters == 0
         self.dice_loss = DiceLoss(include_background=False, softmax=True, smooth_nr=1.0, smooth_dr=1.0)

@@ -28,7 +28,7 @@ from SynergyPLLib.engine.io import read_volume
 REPO = Path(__file__).resolve().parents[2]
 N_CASES, N_LABELED = 8, 2  # val fraction 0.25: 2 validation, 2 labeled, 4 unlabeled
 TINY = {"model": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
-        "train": {"patch_size": [16, 16, 16], "batch_labeled": 1, "batch_unlabeled": 2, "iterations": 6,
+        "train": {"patch_size": [16, 16, 16], "warmup_fraction": 0.0, "batch_labeled": 1, "batch_unlabeled": 2, "iterations": 6,
                   "val_every": 3, "checkpoint_every": 2, "optimizer": "adamw", "lr": 0.002, "num_threads": 1},
         "inference": {"sw_batch_size": 4}}
 

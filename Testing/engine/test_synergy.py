@@ -134,6 +134,7 @@ def _tiny_config(method: str) -> EngineConfig:
     cfg.train.iterations = 6
     cfg.train.val_every = 3
     cfg.train.checkpoint_every = 3
+    cfg.train.warmup_fraction = 0.0  # from scratch: the warm start has its own tests (test_method_parts)
     return cfg
 
 
