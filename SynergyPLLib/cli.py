@@ -115,6 +115,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_bench_ablation(args) -> int:
+    from .harness.ablation import VARIANTS, run_ablation
+    from .harness.bench import SPLIT_SEED
+
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    doc = run_ablation(args.data, args.labeled, variants, [int(s) for s in args.seeds.split(",")], args.profile,
+                       args.out, subsets=args.subsets, workers=args.workers, iterations=args.iterations,
+                       reuse=args.reuse_runs, split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
+    for name, v in doc["variants"].items():
+        print(f"{name:16s} val dice {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f}")
+    print(f"wrote {Path(args.out) / 'ablation.json'} and ablation.md")
+    return 0
+
+
 def cmd_plan(args) -> int:
     from .engine.planning import plan_dataset
 
@@ -204,6 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=1, help="runs in parallel (each gets cores/workers threads)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
+
+    ab = sub.add_parser("bench-ablation", help="synergypl's ablations, scored on the validation split")
+    ab.add_argument("--data", default=default_data)
+    ab.add_argument("--labeled", type=int, default=3)
+    ab.add_argument("--variants", default="all", help="comma-separated names of harness/ablation.py VARIANTS, or all")
+    ab.add_argument("--subsets", type=int, default=3)
+    ab.add_argument("--seeds", default="0")
+    ab.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    ab.add_argument("--iterations", type=int, default=None, help="override the plan's iteration budget")
+    ab.add_argument("--split-seed", type=int, default=None)
+    ab.add_argument("--workers", type=int, default=1)
+    ab.add_argument("--reuse-runs", default=None,
+                    help="a benchmark's runs/ folder: score its supervised/synergypl checkpoints instead of retraining")
+    ab.add_argument("--out", required=True)
+    ab.set_defaults(func=cmd_bench_ablation)
 
     pl = sub.add_parser("plan", help="fingerprint a Decathlon folder and print its plan (spacing, patch, batch, iterations)")
     pl.add_argument("--data", required=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_support import DATA, TINY_ITERATIONS, tiny_dataset  # the `tiny` fixture is in conftest.py
 
 from SynergyPLLib.cli import main
 from SynergyPLLib.engine.data import CaseSpec
@@ -21,9 +22,7 @@ from SynergyPLLib.harness.bench import (
     split_sizes,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
 needs_data = pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
-TINY_ITERATIONS = 4
 
 
 def _cases(n: int) -> list[CaseSpec]:
@@ -94,37 +93,6 @@ def test_paired_difference_pairs_subset_and_seed():
     assert paired_difference(details, "synergypl", "mean_teacher") is None
 
 
-def _tiny_dataset(root: Path, ids: list[str]) -> Path:
-    """A Decathlon folder of real hippocampus cases (symlinked)."""
-    meta = json.loads((DATA / "dataset.json").read_text())
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    for i in ids:
-        for sub in ("imagesTr", "labelsTr"):
-            (root / sub / f"{i}.nii.gz").symlink_to(DATA / sub / f"{i}.nii.gz")
-    meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
-    meta["numTraining"] = len(ids)
-    meta["test"] = []
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """16 real hippocampus cases (3 test / 2 validation / 11 pool); 2 methods x 2 subsets x seed 0."""
-    if not (DATA / "dataset.json").exists():
-        pytest.skip("../shared/data/hippocampus missing")
-    root = tmp_path_factory.mktemp("bench_v2")
-    ids = sorted(p.name[: -len(".nii.gz")] for p in (DATA / "labelsTr").glob("*.nii.gz"))
-    data = _tiny_dataset(root / "data", ids[:16])
-    out = root / "out"
-    rc = main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised,mean_teacher",
-               "--subsets", "2", "--seeds", "0", "--profile", "cpu", "--iterations", str(TINY_ITERATIONS),
-               "--out", str(out)])
-    assert rc == 0
-    return data, out, ids
-
-
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -184,7 +152,7 @@ def test_results_json_matches_the_contract(tiny):
 def test_test_data_replaces_only_the_test_cases(tiny, tmp_path):
     data, out, ids = tiny
     base = json.loads((out / "results.json").read_text())
-    held_out = _tiny_dataset(tmp_path / "held_out", ids[100:102])  # cases outside the 16
+    held_out = tiny_dataset(tmp_path / "held_out", ids[100:102])  # cases outside the 16
     out2 = tmp_path / "out"
     assert main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised", "--subsets", "2",
                  "--seeds", "0", "--iterations", str(TINY_ITERATIONS), "--test-data", str(held_out),

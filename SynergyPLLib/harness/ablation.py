@@ -1,0 +1,182 @@
+"""Ablations of ``synergypl`` on the validation split: what each piece of the method is worth.
+
+Each variant changes one config key from the ``synergypl`` defaults (``VARIANTS``); every variant is
+trained on the same labeled subsets and seeds as the benchmark (:func:`..bench.draw_subsets` on the
+same split) and scored on the **validation** split only (mean Dice and Dice per class, with the same
+metrics as the benchmark's test figures), so the table can be used to choose defaults without looking
+at test cases. ``supervised`` and ``synergypl`` (all on) are the reference rows.
+
+``reuse`` points at a benchmark's ``runs/`` folder: a reference row whose checkpoint is there
+(``supervised_subset0_seed0/model.pt``...) is scored on validation without training it again.
+
+Out: ``OUT/ablation.json`` ``{"dataset", "labeled", "profile", "split_seed", "subsets", "variants":
+{name: {"overrides", "runs": [{"subset", "seed", "val_dice", "val_dice_per_class", "train_seconds",
+"reused"}], "val_dice_mean", "val_dice_std", "val_dice_per_class"}}}`` and ``OUT/ablation.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine.config import EngineConfig
+from ..engine.data import LoadedCase, load_decathlon
+from ..engine.trainer import Trainer
+from .bench import (
+    SPLIT_SEED,
+    _dataset_name,
+    _loaded,
+    bench_plan,
+    draw_subsets,
+    evaluate,
+    make_split,
+    run_config,
+)
+
+# name -> (method, {dotted config key: value}); one change each from the synergypl defaults
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "supervised": ("supervised", {}),
+    "synergypl": ("synergypl", {}),
+    "no_warm_start": ("synergypl", {"train.warmup_fraction": 0.0}),
+    "mixup": ("synergypl", {"train.synergy.mix": "mixup"}),
+    "margin_bar": ("synergypl", {"train.synergy.bar": "margin"}),
+    "fixed_tau": ("synergypl", {"train.synergy.select_tau": False}),
+    "no_similarity": ("synergypl", {"train.soft.similarity": False}),
+    "no_rare_boost": ("synergypl", {"train.soft.rare_boost": False}),
+    "no_calibration": ("synergypl", {"train.soft.calibrate": False}),
+    "no_augmentation": ("synergypl", {"train.augment.enabled": False}),
+    "no_lr_decay": ("synergypl", {"train.lr_schedule": "none"}),
+}
+
+
+def apply_overrides(cfg: EngineConfig, overrides: dict[str, Any]) -> EngineConfig:
+    """Set dotted keys (``"train.synergy.mix"``) on ``cfg`` in place; an unknown key is a ValueError."""
+    for key, value in overrides.items():
+        *path, name = key.split(".")
+        target = cfg
+        for part in path:
+            target = getattr(target, part, None)
+            if target is None:
+                raise ValueError(f"unknown config key {key!r}")
+        if not hasattr(target, name):
+            raise ValueError(f"unknown config key {key!r}")
+        setattr(target, name, value)
+    return cfg
+
+
+def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], seed: int, profile: str,
+                plan: dict, iterations: int | None, split_seed: int, work_dir: str, threads: int,
+                reuse: str | None = None) -> dict:
+    """Train one (variant, subset, seed), or reuse its benchmark checkpoint; score it on validation."""
+    torch.set_num_threads(threads)
+    method, overrides = VARIANTS[variant]
+    classes, _ = load_decathlon(data)
+    cfg = apply_overrides(run_config(profile, classes, method, seed, plan, iterations), overrides)
+    classes, split, pool, val = _loaded(data, split_seed, cfg.preprocess)
+    reused = None
+    if reuse and not overrides:
+        candidate = Path(reuse) / f"{method}_subset{subset}_seed{seed}" / "model.pt"
+        reused = candidate if candidate.exists() else None
+    t0 = time.perf_counter()
+    if reused is None:
+        chosen = set(labeled_ids)
+        lab = [c for c in pool if c.id in chosen]
+        unl = [] if method == "supervised" else [LoadedCase(c.id, c.image, None, c.volume)
+                                                 for c in pool if c.id not in chosen]
+        out_dir = Path(work_dir) / f"{variant}_subset{subset}_seed{seed}"
+        checkpoint = Trainer(cfg, lab, unl, val, out_dir).run().checkpoint
+    else:
+        checkpoint = reused
+    train_seconds = time.perf_counter() - t0 if reused is None else None
+    m = evaluate(Path(checkpoint), split.validation, classes, uncertainty=False)
+    return {"variant": variant, "subset": subset, "seed": seed, "val_dice": m["dice_mean"],
+            "val_dice_per_class": m["dice"], "train_seconds": None if train_seconds is None else round(train_seconds, 1),
+            "reused": str(reused) if reused else None}
+
+
+def summarize_variant(runs: list[dict], classes: list[str]) -> dict:
+    """Mean and std over runs of the validation Dice, and the mean per class."""
+    d = np.array([r["val_dice"] for r in runs], dtype=float)
+    return {"val_dice_mean": float(d.mean()), "val_dice_std": float(d.std(ddof=0)),
+            "val_dice_per_class": {c: float(np.mean([r["val_dice_per_class"][c] for r in runs])) for c in classes}}
+
+
+def write_markdown(doc: dict, out: Path) -> None:
+    classes = doc["classes"]
+    ref = doc["variants"].get("synergypl", {}).get("val_dice_mean")
+    lines = [f"# Ablation of synergypl: {doc['dataset']}, {doc['labeled']} labeled (validation split)", "",
+             f"{len(doc['subsets'])} labeled subset(s) x seeds {doc['seeds']}, profile `{doc['profile']}`, "
+             f"split seed {doc['split_seed']}; validation Dice (mean ± std over runs). Never test cases.", "",
+             "| variant | overrides | val Dice | vs synergypl | " + " | ".join(classes) + " | runs |",
+             "| --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " | --- |"]
+    for name, v in doc["variants"].items():
+        keys = ", ".join(f"`{k}: {json.dumps(x)}`" for k, x in v["overrides"].items()) or \
+            ("`method: supervised`" if name == "supervised" else "defaults")
+        vs = "" if ref is None or name == "synergypl" else f"{100 * (v['val_dice_mean'] - ref):+.2f}"
+        per = " | ".join(f"{v['val_dice_per_class'][c]:.4f}" for c in classes)
+        lines.append(f"| {name} | {keys} | {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f} | {vs} | {per} | "
+                     f"{len(v['runs'])} |")
+    (out / "ablation.md").write_text("\n".join(lines) + "\n")
+
+
+def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int], profile: str, out: str,
+                 subsets: int = 3, workers: int = 1, iterations: int | None = None, reuse: str | None = None,
+                 split_seed: int = SPLIT_SEED, progress: bool = True) -> dict:
+    """Every (variant, subset, seed) on validation; writes ablation.json and ablation.md under ``out``."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    classes, cases = load_decathlon(data)
+    split = make_split(cases, split_seed)
+    plan = bench_plan(data, profile, len(split.validation)).to_dict()
+    plan.pop("fingerprint", None)
+    subset_ids = draw_subsets([c.id for c in split.pool], labeled, subsets)
+    jobs = [(v, k, s) for s in seeds for k in range(len(subset_ids)) for v in variants]
+    args = dict(data=str(data), profile=profile, plan=plan, iterations=iterations, split_seed=split_seed,
+                work_dir=str(out_path / "runs"), threads=max(1, (os.cpu_count() or 1) // max(1, workers)),
+                reuse=reuse)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=f"ablation {_dataset_name(data)}", unit="run")
+    done: list[dict] = []
+
+    def finished(res: dict) -> None:
+        done.append(res)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(last=f"{res['variant']}/subset{res['subset']} val={res['val_dice']:.3f}")
+
+    if workers <= 1:
+        for v, k, s in jobs:
+            finished(run_variant(variant=v, subset=k, labeled_ids=subset_ids[k], seed=s, **args))
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_variant, variant=v, subset=k, labeled_ids=subset_ids[k], seed=s, **args)
+                       for v, k, s in jobs]
+            for f in as_completed(futures):
+                finished(f.result())
+    if bar:
+        bar.close()
+    fg = classes[1:]
+    doc = {"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
+           "subsets": subset_ids, "seeds": seeds, "classes": fg, "plan": plan, "variants": {}}
+    for v in variants:
+        runs = sorted((r for r in done if r["variant"] == v), key=lambda r: (r["subset"], r["seed"]))
+        doc["variants"][v] = {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1], "runs": runs,
+                              **summarize_variant(runs, fg)}
+    (out_path / "ablation.json").write_text(json.dumps(doc, indent=2))
+    write_markdown(doc, out_path)
+    return doc

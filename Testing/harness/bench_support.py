@@ -1,0 +1,24 @@
+"""What the harness tests share: the hippocampus data and a tiny Decathlon folder of its real cases (symlinked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
+TINY_ITERATIONS = 4
+
+
+def tiny_dataset(root: Path, ids: list[str]) -> Path:
+    """A Decathlon folder of real hippocampus cases (symlinked)."""
+    meta = json.loads((DATA / "dataset.json").read_text())
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in ids:
+        for sub in ("imagesTr", "labelsTr"):
+            (root / sub / f"{i}.nii.gz").symlink_to(DATA / sub / f"{i}.nii.gz")
+    meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
+    meta["numTraining"] = len(ids)
+    meta["test"] = []
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root

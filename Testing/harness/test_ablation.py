@@ -1,0 +1,73 @@
+"""The ablation harness: one config key per variant, scored on the validation split only, and a tiny
+real run (16 real hippocampus cases, a few iterations) reusing a benchmark's checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from bench_support import DATA, TINY_ITERATIONS  # the `tiny` fixture is in conftest.py
+
+from SynergyPLLib.cli import main
+from SynergyPLLib.engine.config import profile_config
+from SynergyPLLib.harness.ablation import VARIANTS, apply_overrides
+
+
+def test_every_variant_changes_one_known_key_of_the_defaults():
+    for name, (method, overrides) in VARIANTS.items():
+        cfg = profile_config("cpu", ["background", "a", "b"])
+        assert method in ("supervised", "synergypl")
+        assert len(overrides) <= 1, name
+        for key, value in overrides.items():
+            *path, leaf = key.split(".")
+            target = cfg
+            for part in path:
+                target = getattr(target, part)
+            assert getattr(target, leaf) != value, f"{name}: {key} is already {value!r} by default"
+            apply_overrides(cfg, overrides)
+            assert getattr(target, leaf) == value
+
+
+def test_unknown_keys_are_refused():
+    cfg = profile_config("cpu", ["background", "a"])
+    with pytest.raises(ValueError, match="train.synergy.nope"):
+        apply_overrides(cfg, {"train.synergy.nope": 1})
+    with pytest.raises(ValueError, match="nowhere.mix"):
+        apply_overrides(cfg, {"nowhere.mix": 1})
+
+
+def test_unknown_variant_is_refused(tmp_path):
+    from SynergyPLLib.harness.ablation import run_ablation
+
+    with pytest.raises(ValueError, match="no_such_variant"):
+        run_ablation(str(DATA), 2, ["no_such_variant"], [0], "cpu", str(tmp_path))
+
+
+@pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
+def test_tiny_ablation_scores_validation_and_reuses_benchmark_checkpoints(tiny, tmp_path):
+    data, bench_out, _ = tiny
+    out = tmp_path / "ablation"
+    rc = main(["bench-ablation", "--data", str(data), "--labeled", "2", "--variants", "supervised,mixup",
+               "--subsets", "2", "--seeds", "0", "--iterations", str(TINY_ITERATIONS),
+               "--reuse-runs", str(bench_out / "runs"), "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "ablation.json").read_text())
+    bench = json.loads((bench_out / "results.json").read_text())
+    assert doc["subsets"] == bench["split"]["subsets"]  # the benchmark's labeled subsets
+    sup, mix = doc["variants"]["supervised"], doc["variants"]["mixup"]
+    assert [r["subset"] for r in sup["runs"]] == [0, 1]
+    assert all(r["reused"] and r["reused"].endswith(f"supervised_subset{r['subset']}_seed0/model.pt")
+               for r in sup["runs"])  # scored, not retrained
+    assert all(r["reused"] is None and r["train_seconds"] > 0 for r in mix["runs"])
+    assert mix["overrides"] == {"train.synergy.mix": "mixup"}
+    for v in (sup, mix):
+        assert 0.0 <= v["val_dice_mean"] <= 1.0
+        assert set(v["val_dice_per_class"]) == set(bench["classes"])
+    from SynergyPLLib.engine.model import load_checkpoint
+
+    trained = load_checkpoint(out / "runs" / "mixup_subset0_seed0" / "model.pt")
+    assert trained["config"]["train"]["synergy"]["mix"] == "mixup"  # the override reached the training
+    table = (out / "ablation.md").read_text()
+    assert "| mixup | `train.synergy.mix: \"mixup\"` |" in table and "validation" in table
+    shutil.rmtree(out / "runs")
