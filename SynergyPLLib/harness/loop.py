@@ -22,8 +22,8 @@ round 0's (``round_iterations`` overrides it): it starts from a trained model, a
 what a person waits for between labeling sessions.
 
 Out: ``loop.json`` (exactly the keys of BENCHMARK.md; effort cumulative, round 0 at 0), ``loop.png`` and
-``loop_details.json`` (the cases chosen, each case's effort, validation Dice, iterations and seconds per
-round, the plan and settings).
+``loop_details.json`` (the cases chosen, each case's effort, validation Dice, iterations and the seconds
+of choosing and correcting, training and scoring per round, the plan and settings).
 """
 
 from __future__ import annotations
@@ -180,10 +180,13 @@ def run_loop(opts: LoopOptions) -> dict:
                           init_checkpoint=wf.checkpoint).run(
                 on_progress=_iteration_bar(iters, f"{wf.name} round {r}") if opts.progress else None)
             wf.checkpoint = res.checkpoint
+            t0 = time.perf_counter()
             m = evaluate(res.checkpoint, tests, classes, uncertainty=False)
+            eval_seconds = time.perf_counter() - t0
             wf.rounds.append({"round": r, "labeled": len(wf.labeled), "dice": m["dice_mean"], "effort": wf.effort,
                               "cases": chosen_doc, "val_dice": res.best_val_dice, "iterations": int(res.iterations),
                               "train_seconds": round(res.train_seconds, 2), "review_seconds": round(review_seconds, 2),
+                              "eval_seconds": round(eval_seconds, 2),
                               "per_case_dice": m["per_case_dice"]})
             if bar:
                 bar.update(1)
