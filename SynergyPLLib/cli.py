@@ -1,5 +1,5 @@
-"""The ``synergypl`` command: train, infer, plan (engine); init, serve, token (service); bench, bench-latency, demo
-(harnesses; this file is the only importer of SynergyPLLib.harness)."""
+"""The ``synergypl`` command: train, infer, plan (engine); init, serve, token (service); bench, bench-latency,
+bench-effort, bench-loop, demo (harnesses; this file is the only importer of SynergyPLLib.harness)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,46 @@ def cmd_bench_latency(args) -> int:
     return 0
 
 
+def _threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_bench_effort(args) -> int:
+    from .harness.bench import SPLIT_SEED
+    from .harness.effort import run_effort
+
+    _threads(args.threads)
+    doc = run_effort(args.model, args.data, args.out, test_data=args.test_data, target=args.target,
+                     guides=tuple(g for g in args.guides.split(",") if g), cases=args.cases, seed=args.seed,
+                     split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
+    print(f"{doc['cases']} case(s), target Dice {doc['target']:.2f}, {doc['seconds_per_case']:.1f}s per case")
+    for g, s in doc["guides"].items():
+        print(f"{g:12s} median effort {s['median_effort']:.4f}  mean {s['mean_effort']:.4f}  reaching "
+              f"{s['cases_reaching']}/{doc['cases']}  regions {s['regions_visited']:.1f}  edited {s['edited_voxels']}")
+    print(f"wrote {Path(args.out) / 'effort.json'}, effort.png")
+    return 0
+
+
+def cmd_bench_loop(args) -> int:
+    from .harness.bench import SPLIT_SEED
+    from .harness.loop import LoopOptions, run_loop
+
+    _threads(args.threads)
+    doc = run_loop(LoopOptions(data=args.data, out=args.out, start_labeled=args.start_labeled, rounds=args.rounds,
+                               cases_per_round=args.cases_per_round, test_data=args.test_data, profile=args.profile,
+                               iterations=args.iterations, round_iterations=args.round_iterations,
+                               target=args.target, candidates=args.candidates, seed=args.seed,
+                               split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed))
+    for r in doc["rounds"]:
+        print(f"round {r['round']}: {r['labeled']} labeled  synergypl dice {r['synergypl']['dice']:.4f} effort "
+              f"{r['synergypl']['effort']:.3f}  manual dice {r['manual']['dice']:.4f} effort {r['manual']['effort']:.3f}")
+    print(f"wrote {Path(args.out) / 'loop.json'}, loop.png")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .harness.demo import DemoOptions, run_demo
 
@@ -173,6 +213,28 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: default)")
     d.add_argument("--keep", default=None, help="keep the demo project in this folder")
     d.set_defaults(func=cmd_demo)
+
+
+def add_loop_parser(sub: argparse._SubParsersAction, default_data: str) -> None:
+    lo = sub.add_parser("bench-loop", help="labeling rounds: SynergyPL (heatmap-guided review) vs manual (full review)")
+    lo.add_argument("--data", default=default_data)
+    lo.add_argument("--start-labeled", type=int, default=3, help="labeled cases of round 0 (the bench's first subset)")
+    lo.add_argument("--rounds", type=int, default=5, help="labeling rounds after round 0")
+    lo.add_argument("--cases-per-round", type=int, default=4, help="cases corrected per round")
+    lo.add_argument("--test-data", default=None, help="report on this Decathlon folder's cases instead of the test split")
+    lo.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    lo.add_argument("--iterations", type=int, default=None,
+                    help="round 0's iteration budget instead of the plan's (fine-tuning rounds get a third)")
+    lo.add_argument("--round-iterations", type=int, default=None,
+                    help="each fine-tuning round's budget (default: a third of round 0's)")
+    lo.add_argument("--target", type=float, default=0.90, help="Dice the annotator corrects each case to")
+    lo.add_argument("--candidates", type=int, default=None,
+                    help="rank only the first N waiting pool cases each round (quick looks; default: all)")
+    lo.add_argument("--seed", type=int, default=0, help="training seed")
+    lo.add_argument("--split-seed", type=int, default=None)
+    lo.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    lo.add_argument("--out", required=True)
+    lo.set_defaults(func=cmd_bench_loop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--out", required=True)
     lat.set_defaults(func=cmd_bench_latency)
 
+    ef = sub.add_parser("bench-effort", help="review effort to a target Dice along each guide (heatmap, entropy, ...)")
+    ef.add_argument("--model", required=True, help="model.pt")
+    ef.add_argument("--data", default=default_data, help="Decathlon folder (its test split is reviewed)")
+    ef.add_argument("--test-data", default=None, help="review this Decathlon folder's cases instead of the test split")
+    ef.add_argument("--target", type=float, default=0.90, help="Dice the annotator corrects each case to")
+    ef.add_argument("--guides", default="synergy,entropy,mc_dropout,random,full_review",
+                    help="comma-separated guides (default: all)")
+    ef.add_argument("--cases", type=int, default=None, help="only the first N test cases (quick looks)")
+    ef.add_argument("--seed", type=int, default=0, help="seed of the random guide's block order")
+    ef.add_argument("--split-seed", type=int, default=None, help="seed of the test/validation/pool split")
+    ef.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ef.add_argument("--out", required=True)
+    ef.set_defaults(func=cmd_bench_effort)
+
     try:
         from .service.commands import add_parsers
     except ImportError as exc:  # the service extra is not installed
@@ -255,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         add_parsers(sub)
+        add_loop_parser(sub, default_data)  # the next-case policy is the service's
         add_demo_parser(sub)  # the demo runs the service: only where the service extra is installed
     return p
 

@@ -4,18 +4,20 @@
    cases with their labels, a ``pool`` of unlabeled cases, and ``evaluate`` held-out cases.
 2. Round 1 (from scratch), progress streamed over server-sent events.
 3. Predictions with heatmaps for every waiting case; Dice of the held-out cases ("before").
-4. A simulated annotator (:mod:`.annotator`) takes ``review`` cases in the order of GET /api/next-case, fixes the flagged
-   regions in rank order (copies the ground truth into each region's voxels) and, if the case has not
-   reached ``target_dice`` yet, goes on with the next-least-confident voxels (heatmap below 0.6, 0.7, ...
-   0.99, then all), and submits the result as a confirmed label.
+4. A simulated annotator (:mod:`.annotator`, on the accounting of :mod:`.review`) takes ``review`` cases in
+   the order of GET /api/next-case, fixes the flagged regions in rank order (copies the ground truth into
+   each region's voxels) and, if the case has not reached ``target_dice`` yet, goes on with the rest of
+   the review box least confident first (1% of the box at a time), and submits the result as a
+   confirmed label.
 5. Round 2 fine-tunes the model with the corrected cases; the held-out cases are uploaded again and
    predicted ("after"). They are in the project only while being scored, so no round trains on them.
 6. Report: Dice before/after, voxels touched, and the labeling-efficiency share; with ``out`` a
    Markdown report and PNG figures.
 
 Labeling efficiency: voxels the annotator touched (reviewed, and corrected where wrong) to reach
-``target_dice``, as a share of the voxels a full review touches. A full review inspects every voxel in
-the bounding box of the structure (union of the predicted and the true foreground).
+``target_dice``, as a share of the voxels a full review touches. A full review inspects every voxel of
+the review box: the bounding box of the union of the predicted and the true foreground, dilated by 2
+voxels (the same accounting as ``synergypl bench-effort``).
 """
 
 from __future__ import annotations

@@ -52,11 +52,13 @@ def write_report(out: Path, s: dict, reviews, figure_case, class_names) -> Path:
         "- The simulated annotator takes the cases in the order of `GET /api/next-case` (most disagreement "
         "first) and fixes the flagged regions in their rank order by copying the ground truth into each "
         "region's voxels. If the case's Dice is still below the target, it goes on guided by the heatmap: "
-        "the voxels with confidence below 0.6, then 0.7, 0.8, 0.9, 0.95, 0.99, then all. *Touched* = every "
-        "voxel it reviewed (corrected or found right). The corrected label is submitted as a confirmed "
+        "the rest of the review box, least confident first, 1% of the box at a time. *Touched* = every "
+        "voxel it reviewed (corrected or found right). A case not at the target within a full review's worth "
+        "of voxels is fully reviewed instead. The corrected label is submitted as a confirmed "
         "version, and round 2 fine-tunes the model with it.",
-        "- *Full review* = every voxel in the bounding box of the structure (union of predicted and true "
-        "foreground): what a person checks when nothing points at the doubtful parts.",
+        "- *Full review* = every voxel of the review box (bounding box of the union of predicted and true "
+        "foreground, dilated by 2 voxels): what a person checks when nothing points at the doubtful parts. "
+        "The accounting is that of `synergypl bench-effort` (SynergyPLLib/harness/review.py).",
         "- The held-out cases are uploaded only to be predicted and scored, then deleted, so no round "
         "trains on them (not even as unlabeled images).",
         "",

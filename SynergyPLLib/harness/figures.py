@@ -2,7 +2,8 @@
 
 - :func:`dice_figure`: the benchmark's ``dice.png`` (per-method test Dice, one dot per run);
 - :func:`heatmap_regions_figure`, :func:`annotator_curve_figure`: the demo's ``heatmap_regions.png``
-  and ``annotator_curve.png``.
+  and ``annotator_curve.png``;
+- :func:`effort_figure`: ``bench-effort``'s ``effort.png``; :func:`loop_figure`: ``bench-loop``'s ``loop.png``.
 """
 
 from __future__ import annotations
@@ -96,10 +97,58 @@ def annotator_curve_figure(path: Path, reviews, target: float) -> None:
         xs = [t / max(1, r.full_review) for t, _ in r.curve]
         ax.plot(xs, [d for _, d in r.curve], marker="o", ms=3, label=r.case_id)
     ax.axhline(target, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("voxels touched / voxels of a full review")
+    ax.set_xlabel("voxels touched / voxels of a full review (the review box)")
     ax.set_ylabel("Dice of the corrected label")
-    ax.set_title("simulated annotator: flagged regions, then by heatmap level")
+    ax.set_title("simulated annotator: flagged regions, then the box by heatmap")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def effort_figure(doc: dict, path: Path) -> None:
+    """Median Dice of the corrected labels against effort (reviewed / review-box voxels), one line per
+    guide of ``doc`` (bench-effort ``effort.json``), with each guide's median effort to the target."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    colours = plt.get_cmap("tab10")
+    for i, (g, s) in enumerate(doc["guides"].items()):
+        c = s["curve"]
+        ax.step(c["effort"], c["median_dice"], where="post", color=colours(i),
+                label=f"{g} (median effort {s['median_effort']:.3f}, {s['cases_reaching']}/{doc['cases']} reach)")
+        ax.axvline(s["median_effort"], color=colours(i), ls=":", lw=0.8)
+    ax.axhline(doc["target"], color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("effort: reviewed voxels / review-box voxels")
+    ax.set_ylabel("Dice of the corrected label (median over cases)")
+    ax.set_title(f"review effort to Dice {doc['target']:.2f}, {doc['cases']} case(s)", fontsize=9)
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def loop_figure(doc: dict, path: Path) -> None:
+    """Held-out Dice per labeling round and against cumulative review effort, both workflows of ``doc``
+    (bench-loop ``loop.json``)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    rounds = doc["rounds"]
+    for name, marker in (("synergypl", "o"), ("manual", "s")):
+        xs = [r["round"] for r in rounds]
+        ds = [r[name]["dice"] for r in rounds]
+        axes[0].plot(xs, ds, marker=marker, label=name)
+        axes[1].plot([r[name]["effort"] for r in rounds], ds, marker=marker, label=name)
+    axes[0].set_xlabel("round")
+    axes[0].set_xticks([r["round"] for r in rounds])
+    axes[1].set_xlabel("cumulative review effort (one fully reviewed case = 1)")
+    for ax in axes:
+        ax.set_ylabel("held-out Dice")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("labeling rounds: SynergyPL (heatmap-guided review, semi-supervised fine-tuning) vs manual "
+                 "(full review, supervised)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)

@@ -27,12 +27,14 @@ def test_flagged_region_fixes_the_case():
     assert np.array_equal(fixed, truth)
     assert res.dice_before < 0.99 and res.dice_after == 1.0 and res.dice_regions_only == 1.0
     assert res.regions_fixed == 1 and res.touched == res.touched_to_target == res.touched_regions == 72
-    assert res.full_review == full_review_voxels(pred, truth) == 216
+    assert res.full_review == full_review_voxels(pred, truth) == 1000  # the box 2..7 dilated by 2: 10^3
 
 
-def test_without_regions_the_annotator_widens_by_heatmap_level():
+def test_without_regions_the_annotator_sweeps_the_box_by_heatmap():
     pred, truth, heat, _ = _case()
     fixed, res = simulate_annotator(pred, truth, heat, [], 0.5, 0.99, 2)
     assert res.regions_fixed == 0 and res.touched_regions == 0
-    assert res.dice_after == 1.0 and res.touched_to_target == 72  # the 0.6 level holds the doubted voxels
-    assert [d for _, d in res.curve][-1] == 1.0
+    # 10 voxels a step (1% of the 1000-voxel box), least confident first: after 70 of the 72 doubted
+    # voxels Dice is 2 * 214 / 430 = 0.9953
+    assert res.touched_to_target == res.touched == 70 and 0.99 < res.dice_after < 1.0
+    assert res.curve[-1] == (70, res.dice_after)  # the curve runs to where it stopped

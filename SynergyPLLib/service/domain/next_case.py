@@ -10,7 +10,7 @@ through them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..store.registry import active_version
 from ..store.workspace import Workspace
@@ -20,13 +20,24 @@ from .errors import NotFound
 WAITING = ("unlabeled", "predicted")
 
 
+def disagreement(regions: Iterable) -> float:
+    """A prediction's disagreement: the sum of its flagged regions' scores (``Region`` or their dicts)."""
+    return float(sum(r["score"] if isinstance(r, dict) else r.score for r in regions))
+
+
+def rank_by_disagreement(cases: Iterable[dict]) -> list[dict]:
+    """The predicted ones of ``cases`` (documents with ``id`` and ``prediction``: ``{"disagreement"}`` or
+    None), most disagreement first, ties by id: the order in which :func:`next_case` offers them."""
+    return sorted((c for c in cases if c["prediction"]), key=lambda c: (-c["prediction"]["disagreement"], c["id"]))
+
+
 def next_case(ws: Workspace, submit_predict: Callable[[str], tuple[dict, bool]], *, predict: bool = True,
               max_queue: int = 20) -> dict:
     """The case with the most disagreement, why, and the prediction jobs queued on the way."""
     cands = [c for c in list_cases(ws) if c["status"] in WAITING]
     if not cands:
         raise NotFound("no case is waiting: every case has a label version (upload more images to continue)")
-    predicted = sorted((c for c in cands if c["prediction"]), key=lambda c: (-c["prediction"]["disagreement"], c["id"]))
+    predicted = rank_by_disagreement(cands)
     pending = [c for c in cands if not c["prediction"]]
     queued = []
     if predict and pending and active_version(ws) is not None:

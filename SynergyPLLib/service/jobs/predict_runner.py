@@ -21,6 +21,7 @@ from SynergyPLLib.engine.io import read_volume, write_volume
 
 from ...common.job_status import JobStatus
 from ..domain.model_orientation import load_predictor
+from ..domain.next_case import disagreement as case_disagreement
 from ..store.db import Case, Job, ModelVersion, Prediction, now
 from ..store.files import publish_dir
 from ..store.registry import active_version
@@ -65,7 +66,7 @@ class PredictRunner:
             finish(ws, job.id, JobStatus.CANCELLED, error="cancelled while predicting")
             return
         regions = [r.to_dict() for r in pred.regions]
-        disagreement = float(sum(r["score"] for r in regions))
+        disagreement = case_disagreement(regions)
         flagged = int(sum(r["voxel_count"] for r in regions))
         doc = {"case_id": case.id, "job_id": job.id, "model_version": version, "created_at": now().isoformat(),
                "seconds": round(pred.seconds, 3), "classes": predictor.classes, "disagreement": disagreement,
