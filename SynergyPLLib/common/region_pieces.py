@@ -21,15 +21,17 @@ LIKELY_ERRORS = (MISSED, EXTRA, SWAP, BOUNDARY)
 NEAR_VOXELS = 2  # "next to" a label: within this many 26-neighbour steps
 
 
-def split_component(ijk: np.ndarray, spacing: Sequence[float], max_voxels: float,
-                    max_extent_mm: float) -> list[np.ndarray]:
+def split_component(ijk: np.ndarray, spacing: Sequence[float], max_voxels: float, max_extent_mm: float,
+                    min_voxels: int = 1) -> list[np.ndarray]:
     """Rows of ``ijk`` ((n, 3) voxel indices of one component) grouped into pieces.
 
     A piece with more than ``max_voxels`` voxels, or whose bounding box is longer than ``max_extent_mm``
     along an index axis (``spacing``: mm per voxel along i, j, k), is cut in two across the axis on
-    which its box is longest in mm, at the box's middle voxel plane; each half is cut again as needed.
-    Every piece is therefore the component's voxels inside the piece's own bounding box. Returns index
-    arrays into ``ijk``, deterministic (left half first), covering every row once.
+    which its box is longest in mm, at the voxel plane nearest the box's middle that leaves at least
+    ``min_voxels`` on each side (the next longest axis if none does; not cut if no axis has one); each
+    half is cut again as needed. Every piece is therefore the component's voxels inside the piece's own
+    bounding box. Returns index arrays into ``ijk``, deterministic (left half first), covering every
+    row once.
     """
     spacing = np.asarray(spacing, dtype=float)
     done, todo = [], [np.arange(len(ijk))]
@@ -39,15 +41,32 @@ def split_component(ijk: np.ndarray, spacing: Sequence[float], max_voxels: float
         lo, hi = points.min(0), points.max(0)
         extent = hi - lo + 1
         extent_mm = np.where(extent > 1, extent * spacing, 0.0)
-        if (len(rows) <= max_voxels and extent_mm.max() <= max_extent_mm) or not (extent > 1).any():
+        cut = None
+        if len(rows) > max_voxels or extent_mm.max() > max_extent_mm:
+            cut = _middle_cut(points, lo, extent, extent_mm, max(1, int(min_voxels)))
+        if cut is None:
             done.append(rows)
             continue
-        axis = int(np.argmax(extent_mm))
-        cut = lo[axis] + extent[axis] // 2
-        left = points[:, axis] < cut
+        axis, plane = cut
+        left = points[:, axis] < plane
         todo.append(rows[~left])  # popped after the left half: pieces come out left first
         todo.append(rows[left])
     return done
+
+
+def _middle_cut(points: np.ndarray, lo: np.ndarray, extent: np.ndarray, extent_mm: np.ndarray,
+                min_voxels: int) -> tuple[int, int] | None:
+    """(axis, plane): cut ``points`` into ``< plane`` and ``>= plane`` along the longest axis in mm that
+    can be cut leaving ``min_voxels`` on each side, at the allowed plane nearest the middle; or None."""
+    for axis in np.argsort(-extent_mm, kind="stable"):
+        if extent[axis] < 2:
+            break
+        below = np.cumsum(np.bincount(points[:, axis] - lo[axis], minlength=extent[axis]))[:-1]
+        allowed = np.flatnonzero((below >= min_voxels) & (len(points) - below >= min_voxels)) + 1
+        if len(allowed):
+            best = allowed[np.argmin(np.abs(allowed - extent[axis] // 2), axis=0)]
+            return int(axis), int(lo[axis] + best)
+    return None
 
 
 def dilate(mask: np.ndarray, steps: int = 1) -> np.ndarray:
@@ -89,8 +108,9 @@ def likely_errors(pieces: Sequence[np.ndarray], shape: Sequence[int], label: np.
 
     With ``w`` = a piece's doubt, checked in this order (the first that holds):
 
-    - "extra structure": at least half of ``w`` on foreground whose whole blob is doubtful (the model
-      labelled a blob and doubts all of it);
+    - "extra structure": at least a quarter of ``w``, and most of the doubt on the piece's foreground,
+      on foreground whose whole blob is doubtful (the model labelled a blob and doubts all of it; the
+      doubtful margin around it may hold the rest);
     - "class swap": at least half of ``w`` on foreground voxels next to another foreground class;
     - "missed structure": at least half of ``w`` on background voxels *not* next to any foreground (a
       doubtful blob the label has nothing in);
@@ -113,7 +133,8 @@ def likely_errors(pieces: Sequence[np.ndarray], shape: Sequence[int], label: np.
         if total <= 0:
             out.append(BOUNDARY)
             continue
-        if weights[detached[voxels]].sum() >= 0.5 * total:
+        on_detached = weights[detached[voxels]].sum()
+        if on_detached >= 0.25 * total and on_detached >= 0.5 * weights[values > 0].sum():
             out.append(EXTRA)
             continue
         swap = np.zeros(len(voxels), bool)

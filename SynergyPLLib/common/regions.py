@@ -4,8 +4,9 @@ A flagged region is a piece a person fixes in one look. The voxels whose confide
 certain; ``1 - P(label wrong)``) is below ``RegionParams.threshold`` are grouped into 26-connected
 components; components smaller than ``min_voxels`` are dropped; each of the others is cut into compact
 pieces, by halving it across its longest side in mm until every piece holds at most ``max_region_ml``
-and spans at most ``max_region_mm`` along each voxel axis (the low-confidence shell around a structure
-is one component: unsplit, "fix the top region" would mean "review everything"). The pieces are ranked
+and spans at most ``max_region_mm`` along each voxel axis, never leaving a piece under ``min_voxels``
+(the low-confidence shell around a structure is one component: unsplit, "fix the top region" would
+mean "review everything"). The pieces are ranked
 by their score ``sum(1 - confidence)``, the expected number of wrong voxels fixing the piece would
 correct, and the first ``max_regions`` kept. Defaults: 2 ml and 20 mm. 20 mm is what a slice view
 shows at editing zoom with context around it (a hippocampus, ~45 mm long, gets 5-7 pieces of
@@ -51,7 +52,7 @@ class RegionParams:
     """What makes a low-confidence blob a flagged region (the engine's ``InferenceConfig`` holds the project's)."""
 
     threshold: float = 0.5
-    min_voxels: int = 5  # smaller components are dropped (before splitting)
+    min_voxels: int = 5  # smaller components are dropped; no piece is cut smaller
     max_regions: int = 50  # the pieces of highest score kept
     max_region_ml: float = 2.0  # a component is cut until each piece holds at most this much ...
     max_region_mm: float = 20.0  # ... and its box is at most this long along each voxel axis
@@ -215,7 +216,8 @@ def flag_regions(heatmap: np.ndarray, label: np.ndarray, ijk_to_ras: np.ndarray,
             box = tuple(slice(max(0, int(a) - 1), int(b) + 2) for a, b in zip(ijk.min(0), ijk.max(0)))
             local = detached_foreground(comps[box] == c + 1, np.asarray(label)[box], components)
             detached.reshape(confidence.shape)[box] |= local
-        for rows in split_component(ijk, spacing, params.max_region_ml / voxel_ml, params.max_region_mm):
+        for rows in split_component(ijk, spacing, params.max_region_ml / voxel_ml, params.max_region_mm,
+                                    params.min_voxels):
             pieces.append(voxels[rows])
     scores = np.array([doubt[p].sum(dtype=np.float64) for p in pieces])
     order = np.argsort(-scores, kind="stable")[:params.max_regions]
