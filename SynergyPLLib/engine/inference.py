@@ -121,7 +121,8 @@ def region_params(config: EngineConfig, threshold: float | None = None) -> Regio
     """The project's region parameters (``inference``), with ``threshold`` instead of its own if given."""
     inf = config.inference
     return RegionParams(float(inf.flag_threshold if threshold is None else threshold),
-                        int(inf.min_region_voxels), int(inf.max_regions))
+                        int(inf.min_region_voxels), int(inf.max_regions), float(inf.max_region_ml),
+                        float(inf.max_region_mm))
 
 
 class OrientationWarning(UserWarning):
