@@ -218,7 +218,7 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setupTable(self) -> None:
         table = self.ui.regionsTable
-        table.setHorizontalHeaderLabels(["Reviewed", "Rank", "Size (ml)", "Confidence", "Classes"])
+        table.setHorizontalHeaderLabels(["Reviewed", "Rank", "Size (ml)", "Confidence", "Classes", "Likely error"])
         table.verticalHeader().visible = False
         table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
         table.horizontalHeader().setStretchLastSection(True)
@@ -469,7 +469,8 @@ class SynergyPLWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 tick.setCheckState(qt.Qt.Checked if region.reviewed else qt.Qt.Unchecked)
                 table.setItem(row, 0, tick)
                 values = [str(region.rank), f"{region.volume_ml:.3f}", f"{region.mean_confidence:.2f}",
-                          ", ".join(c for c in region.classes if c != "background") or "background"]
+                          ", ".join(c for c in region.classes if c != "background") or "background",
+                          region.likely_error]
                 for column, text in enumerate(values, start=1):
                     item = qt.QTableWidgetItem(text)
                     item.setFlags(qt.Qt.ItemIsEnabled | qt.Qt.ItemIsSelectable)

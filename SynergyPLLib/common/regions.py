@@ -1,9 +1,23 @@
 """Flagged regions: the one definition, used by the engine (what the server returns) and the Slicer panel.
 
-A flagged region is a 26-connected component of the voxels whose confidence (the heatmap, 1 = certain)
-is below ``RegionParams.threshold``; components smaller than ``min_voxels`` are dropped, the rest are
-ranked by their score ``sum(1 - confidence)`` (the expected number of wrong voxels fixing the region
-would correct) and the first ``max_regions`` kept.
+A flagged region is a piece a person fixes in one look. The voxels whose confidence (the heatmap, 1 =
+certain; ``1 - P(label wrong)``) is below ``RegionParams.threshold`` are grouped into 26-connected
+components; components smaller than ``min_voxels`` are dropped; each of the others is cut into compact
+pieces, by halving it across its longest side in mm until every piece holds at most ``max_region_ml``
+and spans at most ``max_region_mm`` along each voxel axis, never leaving a piece under ``min_voxels``
+(the low-confidence shell around a structure is one component: unsplit, "fix the top region" would
+mean "review everything"). The pieces are ranked
+by their score ``sum(1 - confidence)``, the expected number of wrong voxels fixing the piece would
+correct, and the first ``max_regions`` kept. Defaults: 2 ml and 20 mm. 20 mm is what a slice view
+shows at editing zoom with context around it (a hippocampus, ~45 mm long, gets 5-7 pieces of
+0.2-0.4 ml); 2 ml bounds the thick blobs of large organs (a liver or spleen edge) to a few brush
+strokes on a handful of slices.
+
+Each region says what is likely wrong (``likely_error``, one of :data:`LIKELY_ERRORS`): "extra
+structure", "class swap", "missed structure" or "boundary", decided from the label and the heatmap only
+(rule: :func:`SynergyPLLib.common.region_pieces.likely_errors`). The engine could tell more from its
+probabilities (the second-choice class), but the panel has only the label and the heatmap, and the panel
+and the server must show the same regions for the same threshold: one definition, from what both have.
 
 A region lists the classes of the *label it is reviewed on* (the predicted label map) found inside it,
 background included. It does not list the classes the mixed views voted for: those votes are already in
@@ -11,7 +25,9 @@ the heatmap, and the panel, which recomputes the regions when the threshold slid
 label. So the Classes column never changes merely because the threshold moved.
 
 The server sends its ``RegionParams`` with the regions (``region_params`` in the prediction document);
-the panel recomputes with the same ``min_voxels`` and ``max_regions`` and the slider's threshold.
+the panel recomputes with the same ``min_voxels``, ``max_regions``, ``max_region_ml`` and
+``max_region_mm`` and the slider's threshold. :func:`region_masks` gives each region's voxels back (the
+simulated annotator fixes region by region).
 
 numpy only (scipy's labelling is used when it is importable), Python 3.9+.
 """
@@ -23,6 +39,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from .region_pieces import LIKELY_ERRORS, detached_foreground, likely_errors, split_component
+
+__all__ = ["LIKELY_ERRORS", "Region", "RegionParams", "flag_regions", "keep_reviewed", "label_components",
+           "region_masks", "summary"]
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -31,8 +52,10 @@ class RegionParams:
     """What makes a low-confidence blob a flagged region (the engine's ``InferenceConfig`` holds the project's)."""
 
     threshold: float = 0.5
-    min_voxels: int = 5
-    max_regions: int = 50
+    min_voxels: int = 5  # smaller components are dropped; no piece is cut smaller
+    max_regions: int = 50  # the pieces of highest score kept
+    max_region_ml: float = 2.0  # a component is cut until each piece holds at most this much ...
+    max_region_mm: float = 20.0  # ... and its box is at most this long along each voxel axis
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +69,8 @@ class RegionParams:
                   **{k: v for k, v in overrides.items() if v is not None}}  # an override of None keeps the value
         kept = {k: v for k, v in merged.items() if k in names}
         params = cls(**kept)
-        return cls(float(params.threshold), int(params.min_voxels), int(params.max_regions))
+        return cls(float(params.threshold), int(params.min_voxels), int(params.max_regions),
+                   float(params.max_region_ml), float(params.max_region_mm))
 
     def with_threshold(self, threshold: float) -> RegionParams:
         return replace(self, threshold=float(threshold))
@@ -66,6 +90,8 @@ class Region:
     centroid_lps: list | None = None
     bbox_ijk: list | None = None  # [[i0, j0, k0], [i1, j1, k1]], inclusive
     score: float = 0.0  # sum of (1 - confidence): the expected number of wrong voxels
+    likely_error: str = ""  # one of LIKELY_ERRORS ("" from servers before it)
+    seed_ijk: list | None = None  # the region's first voxel (C order): region_masks finds it again from it
     reviewed: bool = False
 
     @classmethod
@@ -152,57 +178,106 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 def flag_regions(heatmap: np.ndarray, label: np.ndarray, ijk_to_ras: np.ndarray, class_names: Sequence[str],
                  params: RegionParams | None = None, components: Components | None = None) -> list[Region]:
-    """Regions of ``heatmap < params.threshold`` (arrays ``[i, j, k]``), most expected errors first.
+    """Regions of ``heatmap < params.threshold`` (arrays ``[i, j, k]``), most expected wrong voxels first.
 
-    ``class_names[v]`` names label value ``v`` (index 0 = background); a region lists the classes of
-    ``label`` inside it (see the module docstring). Centroids are given in voxel indices, RAS and LPS
-    (through ``ijk_to_ras``), rounded to 3 decimals; mean confidence to 4, score to 3.
+    Components smaller than ``params.min_voxels`` are dropped, the others split into compact pieces
+    (:func:`~SynergyPLLib.common.region_pieces.split_component`, sizes in ml and mm through
+    ``ijk_to_ras``); the ``params.max_regions`` pieces of highest score are returned, each with its
+    ``likely_error``. ``class_names[v]`` names label value ``v`` (index 0 = background); a region lists
+    the classes of ``label`` inside it (see the module docstring). Centroids are given in voxel indices,
+    RAS and LPS (through ``ijk_to_ras``), rounded to 3 decimals; mean confidence to 4, score to 3.
     """
     params = params or RegionParams()
+    components = components or label_components
     confidence = np.asarray(heatmap, dtype=np.float32)
-    comps, n = (components or label_components)(confidence < params.threshold)
+    comps, n = components(confidence < params.threshold)
     if n == 0:
         return []
     flat = np.asarray(comps).ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:].astype(float)
-    doubt = np.bincount(flat, weights=(1.0 - confidence).ravel().astype(np.float64), minlength=n + 1)[1:]
-    order = [int(i) for i in np.argsort(-doubt, kind="stable") if counts[i] >= params.min_voxels]
-    order = order[:max(0, params.max_regions)]
-    if not order:
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    kept = [c for c in range(n) if counts[c] >= params.min_voxels]
+    if not kept or params.max_regions <= 0:
         return []
-    # The voxels of each component, grouped once (not one full-volume scan per region).
+    # The voxels of each component, grouped once (not one full-volume scan per region), in C order.
     inside = np.flatnonzero(flat)
-    sorter = np.argsort(flat[inside], kind="stable")
-    inside = inside[sorter]
+    inside = inside[np.argsort(flat[inside], kind="stable")]
     starts = np.searchsorted(flat[inside], np.arange(1, n + 2))
     matrix = np.asarray(ijk_to_ras, dtype=float)
-    voxel_ml = float(np.prod(np.linalg.norm(matrix[:3, :3], axis=0))) / 1000.0
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    doubt = (1.0 - confidence).ravel()
     label_flat = np.asarray(label).ravel()
+    detached = np.zeros(flat.shape, bool)
+    pieces = []
+    for c in kept:
+        voxels = inside[starts[c]:starts[c + 1]]
+        ijk = np.stack(np.unravel_index(voxels, confidence.shape), axis=1)
+        if label_flat[voxels].any():
+            box = tuple(slice(max(0, int(a) - 1), int(b) + 2) for a, b in zip(ijk.min(0), ijk.max(0)))
+            local = detached_foreground(comps[box] == c + 1, np.asarray(label)[box], components)
+            detached.reshape(confidence.shape)[box] |= local
+        for rows in split_component(ijk, spacing, params.max_region_ml / voxel_ml, params.max_region_mm,
+                                    params.min_voxels):
+            pieces.append(voxels[rows])
+    scores = np.array([doubt[p].sum(dtype=np.float64) for p in pieces])
+    order = np.argsort(-scores, kind="stable")[:params.max_regions]
+    chosen = [pieces[i] for i in order]
+    errors = likely_errors(chosen, confidence.shape, label_flat, doubt, detached)
     out = []
-    for rank, i in enumerate(order, start=1):
-        voxels = inside[starts[i]:starts[i + 1]]
+    for rank, (voxels, score, error) in enumerate(zip(chosen, scores[order], errors), start=1):
         ijk = np.stack(np.unravel_index(voxels, confidence.shape), axis=1)
         centroid = ijk.mean(0)
         ras = matrix @ np.append(centroid, 1.0)
         lps = LPS_TO_RAS @ ras
         present = np.unique(label_flat[voxels]).tolist()
+        count = len(voxels)
         out.append(Region(
-            rank=rank, voxel_count=int(counts[i]), volume_ml=round(float(counts[i]) * voxel_ml, 6),
-            mean_confidence=round(float(1.0 - doubt[i] / counts[i]), 4),
-            classes=[class_names[c] for c in present if 0 <= c < len(class_names)],
+            rank=rank, voxel_count=count, volume_ml=round(count * voxel_ml, 6),
+            mean_confidence=round(float(1.0 - score / count), 4),
+            classes=[class_names[v] for v in present if 0 <= v < len(class_names)],
             centroid_ijk=[round(float(v), 3) for v in centroid],
             centroid_ras=[round(float(v), 3) for v in ras[:3]],
             centroid_lps=[round(float(v), 3) for v in lps[:3]],
             bbox_ijk=[ijk.min(0).tolist(), ijk.max(0).tolist()],
-            score=round(float(doubt[i]), 3)))
+            score=round(float(score), 3), likely_error=error,
+            seed_ijk=[int(v) for v in np.unravel_index(int(voxels.min()), confidence.shape)]))
     return out
 
 
 def region_masks(heatmap: np.ndarray, regions: Sequence[Region | Mapping], threshold: float) -> list[np.ndarray]:
-    """The voxels (bool arrays) of each region of :func:`flag_regions` (``Region`` or its ``to_dict()``),
-    found again as the component of ``heatmap < threshold`` with the region's bounding box; a region
-    that is not there any more gets an empty mask."""
+    """The voxels (bool arrays) of each region of :func:`flag_regions` (``Region`` or its ``to_dict()``).
+
+    A region is found again as the component of ``heatmap < threshold`` through its ``seed_ijk``, cut to
+    its ``bbox_ijk`` (a piece is exactly that, see :func:`split_component`); when it no longer has its
+    ``voxel_count`` voxels it is not there any more and gets an empty mask. A region without a seed (older
+    documents, hand-made ones) is the component whose bounding box is ``bbox_ijk``.
+    """
     comps, n = label_components(np.asarray(heatmap, dtype=np.float32) < threshold)
+    shape = np.shape(heatmap)
+    by_box = None
+    masks = []
+    for r in regions:
+        entry = r if isinstance(r, Mapping) else r.to_dict()
+        box, seed, count = entry.get("bbox_ijk"), entry.get("seed_ijk"), entry.get("voxel_count")
+        mask = np.zeros(shape, bool)
+        if box and seed:
+            c = comps[tuple(int(v) for v in seed)]
+            window = tuple(slice(int(a), int(b) + 1) for a, b in zip(box[0], box[1]))
+            if c:
+                mask[window] = comps[window] == c
+            if count is not None and int(mask.sum()) != int(count):
+                mask[:] = False
+        elif box:
+            by_box = _components_by_box(comps, n) if by_box is None else by_box
+            c = by_box.get((tuple(box[0]), tuple(box[1])))
+            if c:
+                mask = comps == c
+        masks.append(mask)
+    return masks
+
+
+def _components_by_box(comps: np.ndarray, n: int) -> dict:
+    """{(low corner, high corner): component} of a component labelling."""
     by_box = {}
     if n:
         ijk = np.argwhere(comps > 0)
@@ -212,12 +287,7 @@ def region_masks(heatmap: np.ndarray, regions: Sequence[Region | Mapping], thres
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
         for c, lo, hi in zip(ids[starts], np.minimum.reduceat(ijk, starts), np.maximum.reduceat(ijk, starts)):
             by_box[(tuple(lo.tolist()), tuple(hi.tolist()))] = int(c)
-    masks = []
-    for r in regions:
-        box = r["bbox_ijk"] if isinstance(r, Mapping) else r.bbox_ijk
-        c = by_box.get((tuple(box[0]), tuple(box[1]))) if box else None
-        masks.append(comps == c if c else np.zeros(np.shape(heatmap), bool))
-    return masks
+    return by_box
 
 
 def keep_reviewed(previous: Sequence[Region], current: list[Region]) -> list[Region]:

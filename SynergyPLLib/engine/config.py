@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..common.regions import RegionParams
+
 METHODS = ("supervised", "mean_teacher", "sgrs", "synergypl", "full")
 # supervised warm start per method when ``train.warmup_fraction`` is None (docs/method.md, "Defaults"):
 # on hippocampus validation (7 labeled, 600 iterations) synergypl reached 0.8403 with 0.3 against
@@ -190,6 +192,8 @@ class InferenceConfig:
     flag_threshold: float = 0.5  # heatmap below this is low confidence
     min_region_voxels: int = 5
     max_regions: int = 50
+    max_region_ml: float = RegionParams.max_region_ml  # flagged regions are cut into pieces of at most
+    max_region_mm: float = RegionParams.max_region_mm  # this much and this long (common/regions.py)
 
 
 @dataclass

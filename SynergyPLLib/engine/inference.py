@@ -11,8 +11,9 @@ patch as in training, ``lambda * x + (1 - lambda) * ref``). Per voxel, with ``y 
 ``lambda`` is chosen per model on the validation split (:func:`choose_mix_lambda`), never on test cases.
 
 The region map uses the training rule (consistent across views? confident in all?). Flagged regions
-are 26-connected components of ``heatmap < threshold``, ranked by ``sum(1 - heatmap)``: the expected
-number of wrong voxels fixing the region would correct.
+are 26-connected components of ``heatmap < threshold`` cut into compact pieces, ranked by
+``sum(1 - heatmap)``: the expected number of wrong voxels fixing the region would correct
+(:mod:`SynergyPLLib.common.regions`).
 """
 
 from __future__ import annotations
@@ -108,17 +109,20 @@ def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str,
 
 
 def flag_regions(heatmap: Volume, label: Volume, classes: list[str], threshold: float = 0.5,
-                 min_voxels: int = 5, max_regions: int = 50) -> list[FlaggedRegion]:
-    """:func:`SynergyPLLib.common.regions.flag_regions` on volumes; geometry from ``heatmap``."""
+                 min_voxels: int = 5, max_regions: int = 50, max_region_ml: float = RegionParams.max_region_ml,
+                 max_region_mm: float = RegionParams.max_region_mm) -> list[FlaggedRegion]:
+    """:func:`SynergyPLLib.common.regions.flag_regions` on volumes; geometry (voxel size) from ``heatmap``."""
     return common_flag_regions(heatmap.array, label.array, heatmap.ijk_to_ras, classes,
-                               RegionParams(float(threshold), int(min_voxels), int(max_regions)))
+                               RegionParams(float(threshold), int(min_voxels), int(max_regions),
+                                            float(max_region_ml), float(max_region_mm)))
 
 
 def region_params(config: EngineConfig, threshold: float | None = None) -> RegionParams:
     """The project's region parameters (``inference``), with ``threshold`` instead of its own if given."""
     inf = config.inference
     return RegionParams(float(inf.flag_threshold if threshold is None else threshold),
-                        int(inf.min_region_voxels), int(inf.max_regions))
+                        int(inf.min_region_voxels), int(inf.max_regions), float(inf.max_region_ml),
+                        float(inf.max_region_mm))
 
 
 class OrientationWarning(UserWarning):

@@ -317,7 +317,7 @@ def run_session(url: str, image: Path, out: Path, size: int = 360, project: Path
     rounds = logic._client().jobs(kind="train", limit=1)
     progress = TrainingProgress.from_job(rounds[0]) if rounds else None
     regions = [(i == 0, str(r.rank), f"{r.volume_ml:.3f}", f"{r.mean_confidence:.2f}",
-                ", ".join(c for c in r.classes if c != "background") or "background")
+                ", ".join(c for c in r.classes if c != "background") or "background", r.likely_error)
                for i, r in enumerate(logic.regions[:8])]
     state = {
         "labels": {"serverStatusLabel": server.summary(), "caseIdLabel": ownership.case_id(volume) or "",
