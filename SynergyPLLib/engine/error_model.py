@@ -13,8 +13,8 @@ sliding-window pass, so a heatmap costs about twice a plain prediction). Views (
 Features (:data:`FEATURES`, :func:`voxel_features`): normalised entropy of ``p``, top-1 minus top-2 margin,
 ``p[y]``, ``log(1 - p[y])``, the view's ``q[y]`` and ``log(1 - q[y])`` (consistency), whether
 ``argmax q != y``, the foreground probability ``1 - p[0]``, whether ``y`` is foreground, and the distance
-``d`` in voxels to the nearest voxel of another predicted class (:func:`boundary_distance`, clipped at
-``clip``) as ``d / clip`` and ``d <= 1``. A logistic regression over them (standardised) gives
+``d`` in voxel steps to the predicted boundary (:func:`boundary_distance`: 1 on both sides of it, clipped
+at ``clip``) as ``d / clip`` and ``d <= 1``. A logistic regression over them (standardised) gives
 ``P(wrong)``; the heatmap is ``1 - P(wrong)`` (1 = certain).
 
 Fitting (:func:`fit_error_model`) uses labeled validation cases only: every voxel within ``clip`` of the
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_cdt
 
 VIEWS = ("intensity", "shift", "shift_intensity", "mix")
 FEATURES = ("entropy", "margin", "p_max", "log_p_other", "view_p", "log_view_other", "disagree",
@@ -139,32 +139,41 @@ def view_probabilities(predictor, x: torch.Tensor, view: str, settings: dict) ->
 # ----------------------------------------------------------------------------- features
 
 
-def boundary_distance(label: np.ndarray, clip: float | None = DEFAULT_CLIP) -> np.ndarray:
-    """Per voxel, the Euclidean distance in voxels to the nearest voxel of another class (float32).
+def boundary_voxels(label: np.ndarray) -> np.ndarray:
+    """Voxels (bool, like ``label``) with a face neighbour (6-connectivity) of another class."""
+    label = np.asarray(label)
+    out = np.zeros(label.shape, dtype=bool)
+    for axis in range(label.ndim):
+        lo = [slice(None)] * label.ndim
+        hi = [slice(None)] * label.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        diff = label[tuple(lo)] != label[tuple(hi)]
+        out[tuple(lo)] |= diff
+        out[tuple(hi)] |= diff
+    return out
 
-    ``label`` (I, J, K) integer. With ``clip``, distances are capped at ``clip`` and only the foreground's
-    bounding box (grown by ``clip + 1``) is transformed: the rest is ``clip``. A volume of one class is
-    ``clip`` everywhere (``inf`` without clip).
+
+def boundary_distance(label: np.ndarray, clip: float | None = DEFAULT_CLIP) -> np.ndarray:
+    """Per voxel, the distance in voxels to the predicted boundary between classes (float32).
+
+    ``label`` (I, J, K) integer. ``1 +`` the city-block distance (voxel steps along the axes,
+    ``scipy.ndimage.distance_transform_cdt``, metric taxicab: about 15x faster than the Euclidean
+    transform on a 256 x 256 x 128 volume) to the nearest :func:`boundary_voxels` voxel: 1 on both sides
+    of a boundary, 2 one step further in. Computed over the bounding box of the boundary grown by ``clip``
+    when ``clip`` is given; distances are capped at ``clip`` (the rest of the volume is ``clip``). A
+    volume of one class is ``clip`` everywhere (``inf`` without clip).
     """
     label = np.asarray(label)
     out = np.full(label.shape, np.inf if clip is None else clip, dtype=np.float32)
-    classes = np.unique(label)
-    if len(classes) < 2:
+    edge = boundary_voxels(label)
+    where = np.nonzero(edge)
+    if not len(where[0]):
         return out
     box = tuple(slice(None) for _ in label.shape)
     if clip is not None:
-        fg = np.nonzero(label != 0)
-        if len(fg[0]):
-            grow = int(math.ceil(clip)) + 1
-            box = tuple(slice(max(0, int(a.min()) - grow), int(a.max()) + grow + 1) for a in fg)
-    sub = label[box]
-    dist = np.zeros(sub.shape, dtype=np.float64)
-    for c in np.unique(sub):
-        inside = sub == c
-        if inside.all():
-            dist[:] = np.inf
-            continue
-        dist[inside] = distance_transform_edt(inside)[inside]
+        grow = int(math.ceil(clip))
+        box = tuple(slice(max(0, int(a.min()) - grow), int(a.max()) + grow + 1) for a in where)
+    dist = 1.0 + distance_transform_cdt(~edge[box], metric="taxicab").astype(np.float32)
     out[box] = dist if clip is None else np.minimum(dist, clip)
     return out
 

@@ -261,9 +261,9 @@ def tta_confidence(
 def boundary_distance_confidence(label: np.ndarray) -> np.ndarray:
     """Distance to the predicted boundary as a confidence (no model information beyond the label map).
 
-    In: ``label`` (I, J, K) integer predicted classes. Out: float32 ``d / (1 + d)``, with ``d`` the Euclidean
-    distance in voxels to the nearest voxel of another predicted class (:func:`.error_model.boundary_distance`):
-    0.5 on the boundary, rising towards 1 away from it; 1 where the volume holds a single class.
+    In: ``label`` (I, J, K) integer predicted classes. Out: float32 ``d / (1 + d)``, with ``d`` the distance
+    in voxel steps to the predicted boundary (:func:`.error_model.boundary_distance`, unclipped; 1 on both
+    sides of it): 0.5 on the boundary, rising towards 1 away from it; 1 where the volume holds a single class.
     """
     from .error_model import boundary_distance
 
