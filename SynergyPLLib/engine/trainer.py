@@ -528,7 +528,7 @@ class Trainer:
         if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
             self._validate_and_keep_best()
         applied, before, after = self._finish_selected_model(emit)
-        seconds = time.perf_counter() - start
+        seconds = self._train_seconds  # as recorded in model.pt (metrics["train_seconds"])
         emit("cancelled" if cancelled else "done", {})
         result = TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
                              seconds, applied, before, after, cancelled, self.history)
@@ -578,7 +578,8 @@ class Trainer:
             report = {"error": str(exc)}
         ckpt["metrics"]["heatmap_validation"] = report
         started = getattr(self, "_run_started", time.perf_counter())
-        ckpt["metrics"]["train_seconds"] = round(time.perf_counter() - started, 2)
+        self._train_seconds = time.perf_counter() - started
+        ckpt["metrics"]["train_seconds"] = round(self._train_seconds, 2)
         ckpt["metrics"]["iterations"] = int(self.iteration)
         atomic_torch_save(ckpt, self.out_dir / "model.pt")
         self.teacher.load_state_dict(live)

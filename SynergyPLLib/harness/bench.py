@@ -8,9 +8,15 @@ seeds vary only training randomness. ``full`` labels the whole pool: it does not
 so it runs once per seed (recorded as subset 0) and is paired with every subset of the other methods.
 Patch, working spacing, batch and iterations come from :func:`~..engine.planning.plan_dataset`.
 
-Nothing is chosen on test cases: training sees the pool, and checkpoints, temperatures and heatmap
-weights are chosen by the engine on the validation split; :func:`run_one` checks that no test case
+Nothing is chosen on test cases: training sees the pool, and checkpoints, temperatures and the heatmap's
+error model are chosen by the engine on the validation split; :func:`run_one` checks that no test case
 (or ``--test-data`` case) is among the cases it trains or validates on.
+
+Error detection (``uncertainty.json``) is measured for the synergypl and the supervised models, with the
+signals of :data:`SIGNALS`: ``synergy`` (the heatmap), ``entropy``, ``mc_dropout`` (10 passes), ``tta`` (8
+views with the training's label-preserving augmentations: 1 - normalised entropy of the mean) and
+``boundary_distance`` (``d / (1 + d)`` of the distance to the predicted boundary). ``--reuse-runs``
+evaluates the runs that finished in an earlier bench into the same folder again without training them.
 
 ``results.json`` holds exactly the keys of BENCHMARK.md; what else a run measured (per-case Dice, the
 validation Dice, the selected iteration, temperatures, ECE before calibration) is in ``details.json``.
@@ -512,7 +518,7 @@ def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> No
              f"{results['labeled']} labeled cases, {n_sub} labeled subset(s), profile `{results['profile']}`; "
              f"reported on {tested}. Split seed {split['seed']}: {len(split['test'])} test / "
              f"{len(split['validation'])} validation / {len(split['pool'])} pool. Checkpoints, temperatures and "
-             "heatmap weights were selected on the validation split only.", "",
+             "heatmap error models were selected on the validation split only.", "",
              f"Plan: patch {plan['patch_size']}, spacing {plan['spacing'] or 'each image its own'}, batch "
              f"{plan['batch_labeled']} + {plan['batch_unlabeled']}, {plan['iterations']} iterations"
              + (f", estimated {plan['estimated_train_seconds'] / 60:.1f} min of training per run"

@@ -4,6 +4,7 @@ results.json contract on a tiny real run (16 real hippocampus cases, a few itera
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from SynergyPLLib.harness.bench import (
     split_sizes,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
+DATA = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "data" / "hippocampus"
 needs_data = pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
 TINY_ITERATIONS = 4
 
