@@ -102,7 +102,7 @@ def cmd_bench(args) -> int:
                         args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
                         workers=args.workers, subsets=args.subsets,
                         split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
-                        measure_plan=args.measure_plan)
+                        measure_plan=args.measure_plan, reuse_runs=args.reuse_runs)
     plan = results["plan"]
     print(f"plan: patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
           f"{plan['batch_unlabeled']}, {plan['iterations']} iterations")
@@ -140,7 +140,7 @@ def cmd_bench_latency(args) -> int:
     from .harness.latency import run_latency
 
     out = run_latency(tuple(args.shape), args.out, data=args.data, repeats=args.repeats,
-                      round_iterations=args.round_iterations)
+                      round_iterations=args.round_iterations, model=args.model)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--measure-plan", action="store_true",
                    help="time the network on this machine for the plan instead of the cost model")
     b.add_argument("--workers", type=int, default=1, help="runs in parallel (each gets cores/workers threads)")
+    b.add_argument("--reuse-runs", action="store_true",
+                   help="evaluate runs that finished in an earlier bench into the same --out again instead of "
+                        "training them (their heatmap error model is fitted first when missing)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
 
@@ -307,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--data", default=default_data)
     lat.add_argument("--repeats", type=int, default=3)
     lat.add_argument("--round-iterations", type=int, default=None)
+    lat.add_argument("--model", default=None,
+                     help="time predictions with this model.pt and skip the retraining round (round_seconds null)")
     lat.add_argument("--out", required=True)
     lat.set_defaults(func=cmd_bench_latency)
 

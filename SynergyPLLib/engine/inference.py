@@ -1,19 +1,28 @@
-"""Prediction with the synergy confidence heatmap, the region map and the flagged regions.
+"""Prediction with the confidence heatmap, the region map and the flagged regions.
 
-The heatmap combines the two halves of the synergy evaluation: *confident* (the calibrated plain
-prediction ``p``) and *consistent* (K *mixed views* ``p_k``: the case blended with a labeled reference
-patch as in training, ``lambda * x + (1 - lambda) * ref``). Per voxel, with ``y = argmax p``::
+The heatmap estimates, per voxel, how likely the predicted label is right (1 = certain, 0 = surely
+wrong). With an error model in the checkpoint (``ckpt["error_model"]``, fitted on the validation split,
+see :mod:`.error_model`), on the network grid, with ``p`` the calibrated plain probabilities and ``q``
+those of ONE label-preserving view of the image (the model's chosen ``view``: intensity change, a shift
+of a few voxels undone afterwards, or a mix with a labeled patch)::
 
-    confidence  = 1 - H(p) / log C          # calibrated plain confidence
-    consistency = mean_k p_k[y]             # how much the mixed views still back y
-    heatmap     = confidence * sqrt(consistency)   # 1 = certain, 0 = not
+    heatmap = 1 - sigmoid(b + sum_i w_i * (f_i - m_i) / s_i)   # 1 - P(label wrong)
 
-``lambda`` is chosen per model on the validation split (:func:`choose_mix_lambda`), never on test cases.
+over the features ``f_i`` of :data:`.error_model.FEATURES` (normalised entropy, margin, p[y], q[y], view
+disagreement, foreground probability, distance to the predicted boundary, ...), then resampled to the
+image grid. Cost: the plain pass plus one view pass.
 
-The region map uses the training rule (consistent across views? confident in all?). Flagged regions
-are 26-connected components of ``heatmap < threshold`` cut into compact pieces, ranked by
-``sum(1 - heatmap)``: the expected number of wrong voxels fixing the region would correct
-(:mod:`SynergyPLLib.common.regions`).
+A checkpoint without an error model (before it existed) keeps the former formula, with ``y = argmax p``
+and K mixed views ``p_k`` (``lambda * x + (1 - lambda) * ref``, ``lambda`` from the checkpoint)::
+
+    heatmap = (1 - H(p) / log C) * sqrt(mean_k p_k[y])
+
+and says so in ``Prediction.model_info["heatmap"]``.
+
+The region map uses the training rule (consistent across the views? confident in all?) over the view(s)
+the heatmap used. Flagged regions are 26-connected components of ``heatmap < threshold`` cut into
+compact pieces, ranked by ``sum(1 - heatmap)``: the expected number of wrong voxels fixing the region
+would correct (:mod:`SynergyPLLib.common.regions`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ..common.regions import Region, RegionParams
 from ..common.regions import flag_regions as common_flag_regions
 from .config import EngineConfig, check_axcodes
 from .data import Preprocessor
+from .error_model import ErrorModel, error_heatmap, view_probabilities
 from .io import Volume
 from .model import default_device, load_checkpoint, network_from_checkpoint
 from .sliding_window import WindowPredictor
@@ -64,37 +74,13 @@ def class_map(probs: torch.Tensor) -> torch.Tensor:
 
 
 def synergy_heatmap(probs: torch.Tensor, view_probs: list[torch.Tensor]) -> torch.Tensor:
-    """Heatmap (I, J, K) in [0, 1] from plain probs (C, ...) and mixed-view probs [(C, ...)]."""
+    """The former heatmap (checkpoints without an error model): (I, J, K) in [0, 1] from plain probs (C, ...)
+    and mixed-view probs [(C, ...)]: ``(1 - H(p) / log C) * sqrt(mean_k p_k[argmax p])``."""
     c = probs.shape[0]
     y = class_map(probs)[None]
     confidence = 1 - torch.special.entr(probs).sum(0) / math.log(c)
     consistency = torch.stack([v.gather(0, y)[0] for v in view_probs]).mean(0)
     return (confidence * consistency.sqrt()).clamp(0, 1)
-
-
-def choose_mix_lambda(predictor: Predictor, cases, candidates=(0.75, 0.85, 0.95)) -> tuple[float, dict]:
-    """The mixing weight whose heatmap best finds the wrong voxels (AUROC) on labeled validation cases.
-
-    ``cases``: preprocessed cases with ``image`` (1, I, J, K) and ``label`` (I, J, K) on the network grid.
-    Returns (best lambda, {lambda: auroc}).
-    """
-    from .uncertainty import ErrorDetectionAccumulator
-
-    accs = {lam: ErrorDetectionAccumulator() for lam in candidates}
-    saved = predictor.config.inference.mix_lambda
-    try:
-        for case in cases:
-            x = torch.from_numpy(case.image)
-            probs = predictor.probabilities(x)
-            wrong = class_map(probs).numpy() != case.label
-            for lam in candidates:
-                predictor.config.inference.mix_lambda = lam
-                accs[lam].add(synergy_heatmap(probs, predictor.mixed_views(x)).numpy(), wrong)
-    finally:
-        predictor.config.inference.mix_lambda = saved
-    scores = {lam: accs[lam].scores()["auroc"] for lam in candidates}
-    valid = {k: v for k, v in scores.items() if v == v}  # NaN when a model makes no error
-    return (max(valid, key=valid.get) if valid else saved), scores
 
 
 def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str, bar: float) -> torch.Tensor:
@@ -139,11 +125,12 @@ def legacy_orientation_message(path: str | Path) -> str:
 
 
 class Predictor:
-    """A trained model ready to predict: network, preprocessing, temperature and mixing references."""
+    """A trained model ready to predict: network, preprocessing, temperature, mixing references and the
+    heatmap's error model (None: the former heatmap formula)."""
 
     def __init__(self, net: torch.nn.Module, config: EngineConfig, temperature: float = 1.0,
                  mix_references: list[np.ndarray] | None = None, device: str | None = None,
-                 info: dict | None = None):
+                 info: dict | None = None, error_model: ErrorModel | dict | None = None):
         self.config = config
         self.classes = list(config.classes)
         self.temperature = float(temperature)
@@ -154,6 +141,10 @@ class Predictor:
         inf = config.inference
         self.window = WindowPredictor(self.net, config.train.patch_size, inf.overlap, inf.sw_batch_size, self.device)
         self.info = info or {}
+        self.error_model = ErrorModel.from_dict(error_model) if isinstance(error_model, dict) else error_model
+        self.info["heatmap"] = (f"error model: 1 - P(wrong), view {self.error_model.view!r}" if self.error_model
+                                else "former formula (1 - normalised entropy) * sqrt(mixed-view consistency): "
+                                     "this checkpoint has no error model")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, *,
@@ -178,7 +169,8 @@ class Predictor:
                 warnings.warn(msg, OrientationWarning, stacklevel=2)
                 info["warnings"] = [msg]
         info["orientation"] = cfg.preprocess.orientation
-        return cls(net, cfg, ckpt.get("temperature", 1.0), ckpt.get("mix_references"), device, info)
+        return cls(net, cfg, ckpt.get("temperature", 1.0), ckpt.get("mix_references"), device, info,
+                   ckpt.get("error_model"))
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities (C, I', J', K') for a preprocessed image (1, I', J', K')."""
@@ -198,17 +190,30 @@ class Predictor:
             views.append(self.probabilities(mixed))
         return views
 
+    def heatmap_and_views(self, x: torch.Tensor, net_probs: torch.Tensor, probs: torch.Tensor
+                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Heatmap (I, J, K) and the views' probabilities [(C, I, J, K)] on the image grid, for a
+        preprocessed image ``x`` with its plain probabilities on the network grid and the image grid."""
+        em = self.error_model
+        if em is None:
+            views = [self.pre.invert(v, x) for v in self.mixed_views(x)]
+            return synergy_heatmap(probs, views), views
+        q = view_probabilities(self, x, em.view, em.settings)
+        heat = self.pre.invert(error_heatmap(em, net_probs, q)[None], x)[0].clamp(0, 1)
+        return heat, [self.pre.invert(q, x)]
+
     def predict(self, image: Volume, *, heatmap: bool = True, flag_threshold: float | None = None) -> Prediction:
         """Label map (+ heatmap, region map and flagged regions) in ``image``'s geometry."""
         start = time.perf_counter()
         x = self.pre.image(image)
-        probs = self.pre.invert(self.probabilities(x), x)
+        net_probs = self.probabilities(x)
+        probs = self.pre.invert(net_probs, x)
         label = image.with_array(class_map(probs).numpy().astype(np.uint8))
         pred = Prediction(label=label, probabilities=probs.numpy(), model_info=dict(self.info))
         if heatmap:
             tc = self.config.train
-            views = [self.pre.invert(v, x) for v in self.mixed_views(x)]
-            heat = synergy_heatmap(probs, views).numpy().astype(np.float32)
+            heat, views = self.heatmap_and_views(x, net_probs, probs)
+            heat = heat.numpy().astype(np.float32)
             codes = region_codes(probs, views, tc.confidence_mode,
                                  confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold))
             pred.heatmap = image.with_array(heat)

@@ -40,7 +40,8 @@ from .augment import Augmenter
 from .calibration import expected_calibration_error, fit_temperature
 from .config import EngineConfig, warmup_fraction_for
 from .data import CaseSpec, LoadedCase, PatchSampler, Preprocessor, load_cases
-from .inference import Predictor, choose_mix_lambda
+from .error_model import fit_error_model
+from .inference import Predictor
 from .model import (
     CHECKPOINT_FORMAT,
     FeatureHook,
@@ -509,6 +510,7 @@ class Trainer:
         if not resumed and self.fine_tuning and self.method == "synergypl":
             self.prepare_bar(fit=False)  # the previous model's temperature; tau chosen for it on validation
         start, start_it = time.perf_counter(), self.iteration
+        self._run_started = start
 
         def emit(phase, losses, val=None):
             if on_progress is None or not self.dist.is_main:  # DDP hook: progress once, from rank 0
@@ -526,7 +528,7 @@ class Trainer:
         if self.best_dice < 0:  # cancelled before any validation: keep the current teacher
             self._validate_and_keep_best()
         applied, before, after = self._finish_selected_model(emit)
-        seconds = time.perf_counter() - start
+        seconds = self._train_seconds  # as recorded in model.pt (metrics["train_seconds"])
         emit("cancelled" if cancelled else "done", {})
         result = TrainResult(self.out_dir / "model.pt", self.best_dice, self.best_iteration, self.iteration,
                              seconds, applied, before, after, cancelled, self.history)
@@ -551,8 +553,9 @@ class Trainer:
         return False
 
     def _finish_selected_model(self, emit: Callable) -> tuple[float, float, float]:
-        """Calibrate the selected model (model.pt) on the validation split and choose its heatmap mixing
-        weight there; rewrites model.pt. The temperature is reported for every method and applied only
+        """Calibrate the selected model (model.pt) on the validation split and fit its heatmap's error model
+        there (:func:`.error_model.fit_error_model`; scores in ``metrics["heatmap_validation"]``; without
+        errors to learn from, no error model and the former heatmap formula); rewrites model.pt. The temperature is reported for every method and applied only
         when the method calibrates. Returns (applied temperature, ECE before, ECE after)."""
         ckpt = load_checkpoint(self.out_dir / "model.pt")
         live = copy.deepcopy(self.teacher.state_dict())
@@ -567,10 +570,17 @@ class Trainer:
                                 "synergy_bar": {**self.bar_info, "temperature": self.bar_temperature,
                                                 "tau": self.tau}})
         net, cfg = network_from_checkpoint(ckpt)
-        lam, aurocs = choose_mix_lambda(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
-                                        self.validation)
-        ckpt["config"]["inference"]["mix_lambda"] = lam
-        ckpt["metrics"]["heatmap_val_auroc"] = {str(k): v for k, v in aurocs.items()}
+        try:
+            model, report = fit_error_model(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
+                                            self.validation)
+            ckpt["error_model"] = model.to_dict()
+        except ValueError as exc:  # too few validation cases, or no wrong voxel to learn from
+            report = {"error": str(exc)}
+        ckpt["metrics"]["heatmap_validation"] = report
+        started = getattr(self, "_run_started", time.perf_counter())
+        self._train_seconds = time.perf_counter() - started
+        ckpt["metrics"]["train_seconds"] = round(self._train_seconds, 2)
+        ckpt["metrics"]["iterations"] = int(self.iteration)
         atomic_torch_save(ckpt, self.out_dir / "model.pt")
         self.teacher.load_state_dict(live)
         return applied, before, ckpt["metrics"]["ece_after"]

@@ -9,9 +9,10 @@ Baselines, each a confidence in [0, 1] (1 = certain) shaped like the volume:
 - :func:`entropy_confidence`: 1 - normalised entropy of the softmax.
 - :func:`mc_dropout_confidence`: 1 - normalised entropy of the mean of stochastic passes with only the
   dropout layers active (MONAI Label's epistemic scoring style).
-- :func:`tta_flip_confidence`: 1 - 2 * (mean over classes of the std of the probability across flips).
+- :func:`tta_confidence`: 1 - normalised entropy of the mean over test-time augmentations with the
+  training's label-preserving augmentations (intensity scale/shift, noise, shifts of a few voxels).
 
-:func:`entropy_confidence` and :func:`tta_flip_confidence` return the confidence array;
+:func:`entropy_confidence` and :func:`tta_confidence` return the confidence array;
 :func:`mc_dropout_confidence` returns ``(confidence, mean_probs)``.
 
 The baselines take ``predict_probs``: a callable mapping an image tensor (1, 1, I, J, K) to softmax
@@ -20,7 +21,7 @@ probabilities (1, C, I, J, K), e.g. a sliding-window predictor. Arrays come back
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -30,10 +31,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from ..common.metrics import normalized_entropy
+from .config import AugmentConfig
 
 RECALL_PERCENT = 5  # error_recall_at_5pct looks at the ceil(5 % of N) least confident voxels
-
-DEFAULT_FLIPS: tuple[tuple[int, ...], ...] = ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2))
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -216,35 +216,58 @@ def mc_dropout_confidence(
     return ConfidenceMap(entropy_confidence(mean), mean.cpu().numpy().astype(np.float32))
 
 
-def tta_flip_confidence(
+def tta_confidence(
     predict_probs: PredictProbs,
     image: torch.Tensor,
-    axes: Sequence[Sequence[int]] = DEFAULT_FLIPS,
+    views: int = 8,
+    augment: AugmentConfig | None = None,
+    max_shift: int = 2,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Flip test-time augmentation: disagreement of predictions on flipped inputs.
+    """Test-time augmentation with the training's label-preserving augmentations.
 
-    In: ``predict_probs`` (image (1,1,I,J,K) -> probs (1,C,I,J,K)), ``image`` (1, 1, I, J, K), ``axes``:
-    one tuple of spatial axes (0 = i, 1 = j, 2 = k) per view; ``()`` is the unflipped image. The default
-    is all 8 combinations.
-    Out: float32 confidence (I, J, K) = ``1 - 2 * mean_c std_v(p_c)``, where ``std_v`` is the population
-    std of class ``c``'s probability over the views (each flipped back). A probability's std is at most
-    0.5, so the confidence lies in [0, 1]: 1 when every view agrees exactly.
+    In: ``predict_probs`` (image (1,1,I,J,K) -> probs (1,C,I,J,K)), ``image`` (1, 1, I, J, K), ``views``
+    (the first is the image itself), ``augment`` (the training's :class:`~.config.AugmentConfig`; default
+    values when None). Every other view: intensity ``x * (1 + a) + b`` with ``a``, ``b`` uniform in
+    +-``intensity_scale`` / +-``intensity_shift``, Gaussian noise of ``noise_std``, and a shift by an integer
+    in [-``max_shift``, ``max_shift``] voxels along each axis (replicate padding) whose prediction is
+    shifted back. ``seed`` fixes the draws.
+    Out: float32 confidence (I, J, K) = 1 - normalised entropy of the mean probabilities over the views.
     """
+    from .error_model import shift_voxels
+
     image = _as_batch(image)
-    if not axes:
-        raise ValueError("axes must name at least one view")
-    s1 = s2 = None
+    if views < 1:
+        raise ValueError("views must be >= 1")
+    aug = augment or AugmentConfig()
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    total = None
     with torch.no_grad():
-        for ax in axes:
-            if any(a not in (0, 1, 2) for a in ax):
-                raise ValueError(f"flip axes must be spatial axes 0, 1 or 2, got {tuple(ax)}")
-            dims = [2 + a for a in ax]
-            x = torch.flip(image, dims) if dims else image
+        for v in range(views):
+            x, offsets = image, (0, 0, 0)
+            if v:
+                a = float(rng.uniform(-aug.intensity_scale, aug.intensity_scale))
+                b = float(rng.uniform(-aug.intensity_shift, aug.intensity_shift))
+                offsets = tuple(int(o) for o in rng.integers(-max_shift, max_shift + 1, 3))
+                x = image * (1 + a) + b + torch.randn(image.shape, generator=gen).to(image) * aug.noise_std
+                x = shift_voxels(x, offsets)
             p = _check_probs(predict_probs(x), image)
-            p = (torch.flip(p, dims) if dims else p).to(torch.float64)
-            s1 = p if s1 is None else s1 + p
-            s2 = p * p if s2 is None else s2 + p * p
-    mean = s1 / len(axes)
-    std = (s2 / len(axes) - mean * mean).clamp_min(0.0).sqrt()
-    confidence = (1.0 - 2.0 * std.mean(dim=1)[0]).clamp(0.0, 1.0)
-    return confidence.cpu().numpy().astype(np.float32)
+            p = shift_voxels(p, tuple(-o for o in offsets)).to(torch.float64)
+            total = p if total is None else total + p
+    return entropy_confidence((total / views)[0])
+
+
+def boundary_distance_confidence(label: np.ndarray) -> np.ndarray:
+    """Distance to the predicted boundary as a confidence (no model information beyond the label map).
+
+    In: ``label`` (I, J, K) integer predicted classes. Out: float32 ``d / (1 + d)``, with ``d`` the distance
+    in voxel steps to the predicted boundary (:func:`.error_model.boundary_distance`, unclipped; 1 on both
+    sides of it): 0.5 on the boundary, rising towards 1 away from it; 1 where the volume holds a single class.
+    """
+    from .error_model import boundary_distance
+
+    d = boundary_distance(np.asarray(label), clip=None).astype(np.float64)
+    finite = np.isfinite(d)
+    d = np.where(finite, d, 0.0)
+    return np.where(finite, d / (1.0 + d), 1.0).astype(np.float32)

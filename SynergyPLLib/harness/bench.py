@@ -8,9 +8,15 @@ seeds vary only training randomness. ``full`` labels the whole pool: it does not
 so it runs once per seed (recorded as subset 0) and is paired with every subset of the other methods.
 Patch, working spacing, batch and iterations come from :func:`~..engine.planning.plan_dataset`.
 
-Nothing is chosen on test cases: training sees the pool, and checkpoints, temperatures and heatmap
-weights are chosen by the engine on the validation split; :func:`run_one` checks that no test case
+Nothing is chosen on test cases: training sees the pool, and checkpoints, temperatures and the heatmap's
+error model are chosen by the engine on the validation split; :func:`run_one` checks that no test case
 (or ``--test-data`` case) is among the cases it trains or validates on.
+
+Error detection (``uncertainty.json``) is measured for the synergypl and the supervised models, with the
+signals of :data:`SIGNALS`: ``synergy`` (the heatmap), ``entropy``, ``mc_dropout`` (10 passes), ``tta`` (8
+views with the training's label-preserving augmentations: 1 - normalised entropy of the mean) and
+``boundary_distance`` (``d / (1 + d)`` of the distance to the predicted boundary). ``--reuse-runs``
+evaluates the runs that finished in an earlier bench into the same folder again without training them.
 
 ``results.json`` holds exactly the keys of BENCHMARK.md; what else a run measured (per-case Dice, the
 validation Dice, the selected iteration, temperatures, ECE before calibration) is in ``details.json``.
@@ -32,23 +38,27 @@ import torch
 from ..engine.calibration import classwise_ece, expected_calibration_error
 from ..engine.config import EngineConfig, profile_config
 from ..engine.data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_decathlon
+from ..engine.error_model import fit_error_model_for_checkpoint
 from ..engine.inference import Predictor
 from ..engine.io import read_volume
 from ..engine.metrics import segmentation_metrics
+from ..engine.model import load_checkpoint
 from ..engine.planning import Plan, plan_dataset
 from ..engine.trainer import Trainer
 from ..engine.uncertainty import (
     ErrorDetectionAccumulator,
+    boundary_distance_confidence,
     entropy_confidence,
     mc_dropout_confidence,
-    tta_flip_confidence,
+    tta_confidence,
 )
 from .figures import dice_figure
 
 SPLIT_SEED = 20240611
 SUBSET_SEED = 7
 BOOTSTRAP = 2000
-SIGNALS = ("synergy", "entropy", "mc_dropout", "tta_flip")
+SIGNALS = ("synergy", "entropy", "mc_dropout", "tta", "boundary_distance")
+UNCERTAINTY_MODELS = ("synergypl", "supervised")  # the methods whose error detection is measured
 BASELINES = ("supervised", "mean_teacher")
 RUN_KEYS = ("method", "subset", "labeled_ids", "seed", "dice_mean", "dice", "hd95_mean", "asd_mean", "ece",
             "iterations", "train_seconds")
@@ -185,9 +195,12 @@ def evaluate(model_path: Path, cases: list[CaseSpec], classes: list[str], uncert
         seconds["mc_dropout"] += time.perf_counter() - t0
         acc["mc_dropout"].add(_to_grid(predictor, conf, image), is_error)
         t0 = time.perf_counter()
-        conf = tta_flip_confidence(predict_probs, x)
-        seconds["tta_flip"] += time.perf_counter() - t0
-        acc["tta_flip"].add(_to_grid(predictor, conf, image), is_error)
+        conf = tta_confidence(predict_probs, x, views=8, augment=predictor.config.train.augment)
+        seconds["tta"] += time.perf_counter() - t0
+        acc["tta"].add(_to_grid(predictor, conf, image), is_error)
+        t0 = time.perf_counter()
+        acc["boundary_distance"].add(boundary_distance_confidence(pred.label.array), is_error)
+        seconds["boundary_distance"] += plain_seconds + time.perf_counter() - t0
     probs = np.concatenate(probs_all)
     labels = np.concatenate(labels_all)
     fg = range(1, len(classes))
@@ -230,11 +243,55 @@ def check_no_leak(train_ids: list[str], train_images: list[Path], split: Split, 
         raise ValueError(f"test cases {sorted(set(leaked))} are among the training/validation cases")
 
 
+def finished_run(run_dir: Path, iterations: int) -> bool:
+    """Whether ``run_dir`` holds a run that trained to ``iterations`` and wrote its final (calibrated) model.pt."""
+    state, model = run_dir / "state.pt", run_dir / "model.pt"
+    if not (state.exists() and model.exists()):
+        return False
+    try:
+        done = torch.load(state, map_location="cpu", weights_only=False).get("iteration", -1) >= iterations
+        return done and "ece_before" in load_checkpoint(model).get("metrics", {})
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+@dataclass
+class ReusedRun:
+    """What :func:`run_one` takes from an earlier run instead of training (``--reuse-runs``)."""
+
+    checkpoint: Path
+    best_val_dice: float | None
+    best_iteration: int | None
+    iterations: int
+    train_seconds: float
+
+
+def reuse_run(run_dir: Path, iterations: int, data: str, split_seed: int, previous: dict | None) -> ReusedRun | None:
+    """The finished run in ``run_dir`` (None when there is none), its error model fitted on the validation
+    split first if its checkpoint has none. Iterations and train seconds: the checkpoint's metrics, else
+    ``previous`` (the run's entry in the earlier results.json), else the state's iteration and 0 s."""
+    if not finished_run(run_dir, iterations):
+        return None
+    path = run_dir / "model.pt"
+    ckpt = load_checkpoint(path)
+    if "error_model" not in ckpt:
+        val = _loaded(data, split_seed, EngineConfig.from_dict(ckpt["config"]).preprocess)[3]
+        fit_error_model_for_checkpoint(path, val)
+        ckpt = load_checkpoint(path)
+    m, previous = ckpt.get("metrics", {}), previous or {}
+    its = m.get("iterations", previous.get("iterations"))
+    if its is None:
+        its = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=False)["iteration"]
+    secs = m.get("train_seconds", previous.get("train_seconds", 0.0))
+    return ReusedRun(path, m.get("val_dice"), m.get("best_iteration"), int(its), float(secs))
+
+
 def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_ids: list[str], seed: int,
             profile: str, plan: dict | None, iterations: int | None, split_seed: int, work_dir: str,
-            threads: int, progress: bool = False) -> dict:
+            threads: int, progress: bool = False, reuse: bool = False, previous: dict | None = None) -> dict:
     """Train and evaluate one (method, subset, seed); runs in a worker process. ``progress``: an
-    iteration bar (with the best validation Dice so far) under the bench's run bar."""
+    iteration bar (with the best validation Dice so far) under the bench's run bar. ``reuse``: a finished
+    run of an earlier bench in the same folder is evaluated again instead of trained (:func:`reuse_run`)."""
     torch.set_num_threads(threads)
     classes, _ = load_decathlon(data)
     cfg = run_config(profile, classes, method, seed, plan, iterations)
@@ -247,15 +304,18 @@ def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_
     tests = test_cases(split, test_data)
     check_no_leak([c.id for c in (*pool, *val)], [c.image for c in (*split.pool, *split.validation)], split, tests)
     out_dir = Path(work_dir) / f"{method}_subset{subset}_seed{seed}"
-    result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
-                                                      if progress else None)
-    m = evaluate(result.checkpoint, tests, classes, uncertainty=method == "synergypl")
+    result = reuse_run(out_dir, cfg.train.iterations, data, split_seed, previous) if reuse else None
+    if result is None:
+        result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
+                                                          if progress else None)
+    m = evaluate(result.checkpoint, tests, classes, uncertainty=method in UNCERTAINTY_MODELS)
     run = {"method": method, "subset": subset, "labeled_ids": [c.id for c in lab], "seed": seed,
            "dice_mean": m["dice_mean"], "dice": m["dice"], "hd95_mean": m["hd95_mean"], "asd_mean": m["asd_mean"],
            "ece": m["ece"], "iterations": int(result.iterations), "train_seconds": round(result.train_seconds, 2)}
     detail = {k: v for k, v in m.items() if k not in run and k != "signals"}
     detail.update(method=method, subset=subset, seed=seed, val_dice=result.best_val_dice,
-                  best_iteration=result.best_iteration, labeled_cases=len(lab), unlabeled_cases=len(unl))
+                  best_iteration=result.best_iteration, labeled_cases=len(lab), unlabeled_cases=len(unl),
+                  reused=isinstance(result, ReusedRun))
     return {"run": run, "detail": detail, "signals": m.get("signals")}
 
 
@@ -283,10 +343,15 @@ def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False
 def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], profile: str, out: str,
               test_data: str | None = None, iterations: int | None = None, workers: int = 1,
               progress: bool = True, subsets: int = 3, split_seed: int = SPLIT_SEED,
-              measure_plan: bool = False) -> dict:
-    """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png."""
+              measure_plan: bool = False, reuse_runs: bool = False) -> dict:
+    """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png.
+
+    ``reuse_runs``: runs that finished in an earlier bench into the same ``out`` are not trained again,
+    only evaluated (their error model fitted first when the checkpoint has none).
+    """
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
+    previous = _previous_runs(out_path / "results.json") if reuse_runs else {}
     classes, cases = load_decathlon(data)
     split = make_split(cases, split_seed)
     tests = test_cases(split, test_data)
@@ -300,7 +365,7 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     jobs = [(m, k, s) for s in seeds for k in range(len(subset_ids)) for m in methods if not (m == "full" and k)]
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     args = dict(data=str(data), test_data=test_data, profile=profile, plan=plan.to_dict(), iterations=None,
-                split_seed=split_seed, work_dir=str(out_path / "runs"), threads=threads)
+                split_seed=split_seed, work_dir=str(out_path / "runs"), threads=threads, reuse=reuse_runs)
     args["plan"].pop("fingerprint")
     bar = None
     if progress:
@@ -319,13 +384,14 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
         for m, k, s in jobs:
             if bar:
                 bar.set_description(f"bench {m}/subset{k}/seed{s}")
-            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, progress=progress, **args),
-                     m, k, s)
+            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, progress=progress,
+                             previous=previous.get((m, k, s)), **args), m, k, s)
     else:
         import multiprocessing as mp
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, method=m, subset=k, labeled_ids=subset_ids[k], seed=s, **args): (m, k, s)
+            futures = {pool.submit(run_one, method=m, subset=k, labeled_ids=subset_ids[k], seed=s,
+                                   previous=previous.get((m, k, s)), **args): (m, k, s)
                        for m, k, s in jobs}
             for f in as_completed(futures):
                 finished(f.result(), *futures[f])
@@ -344,10 +410,23 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     }
     (out_path / "results.json").write_text(json.dumps(results, indent=2))
     (out_path / "details.json").write_text(json.dumps({"runs": details}, indent=2))
-    unc = uncertainty_summary([(r["run"]["subset"], r["run"]["seed"], r["signals"]) for r in done if r["signals"]])
+    unc = uncertainty_summary([(r["run"]["subset"], r["run"]["seed"], r["signals"]) for r in done
+                               if r["signals"] and r["run"]["method"] == "synergypl"],
+                              {m: [(r["run"]["subset"], r["run"]["seed"], r["signals"]) for r in done
+                                   if r["signals"] and r["run"]["method"] == m]
+                               for m in UNCERTAINTY_MODELS if m != "synergypl"})
     (out_path / "uncertainty.json").write_text(json.dumps(unc, indent=2))
     write_report(results, details, unc, out_path)
     return results
+
+
+def _previous_runs(path: Path) -> dict:
+    """{(method, subset, seed): run} of an earlier results.json (empty when there is none)."""
+    try:
+        runs = json.loads(path.read_text()).get("runs", [])
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {(r["method"], r["subset"], r["seed"]): r for r in runs}
 
 
 def _dataset_name(data: str) -> str:
@@ -394,17 +473,29 @@ def summarize(runs: list[dict], details: list[dict], methods: list[str], classes
     return out
 
 
-def uncertainty_summary(per_run: list[tuple[int, int, dict]]) -> dict:
-    """Mean over the synergypl runs of each signal's scores (plus the per-run values and their spread)."""
-    if not per_run:
-        return {"signals": {}, "per_seed": []}
+def _signal_means(per_run: list[tuple[int, int, dict]]) -> dict:
+    """Mean over runs of each signal's scores, plus the spread of AUROC, AUPRC and recall at 5 %."""
     signals = {}
     for s in SIGNALS:
         keys = per_run[0][2][s].keys()
         signals[s] = {k: float(np.mean([d[s][k] for _, _, d in per_run])) for k in keys}
-        signals[s]["auroc_std"] = float(np.std([d[s]["auroc"] for _, _, d in per_run]))
-    return {"signals": signals, "per_seed": [{"subset": k, "seed": seed, "signals": d} for k, seed, d in per_run],
-            "model": "synergypl", "error": "voxel whose predicted label differs from the reference"}
+        for k in ("auroc", "auprc", "error_recall_at_5pct"):
+            signals[s][f"{k}_std"] = float(np.std([d[s][k] for _, _, d in per_run]))
+    return signals
+
+
+def uncertainty_summary(per_run: list[tuple[int, int, dict]], others: dict[str, list] | None = None) -> dict:
+    """Mean over the synergypl runs of each signal's scores (plus the per-run values and their spread);
+    ``others``: {method: its per-run list} for the other models measured, under ``by_model``."""
+    by_model = {m: {"signals": _signal_means(runs), "per_seed": [{"subset": k, "seed": seed, "signals": d}
+                                                                for k, seed, d in runs]}
+                for m, runs in (others or {}).items() if runs}
+    if not per_run:
+        return {"signals": {}, "per_seed": [], "by_model": by_model}
+    return {"signals": _signal_means(per_run),
+            "per_seed": [{"subset": k, "seed": seed, "signals": d} for k, seed, d in per_run],
+            "model": "synergypl", "error": "voxel whose predicted label differs from the reference",
+            "by_model": by_model}
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -427,7 +518,7 @@ def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> No
              f"{results['labeled']} labeled cases, {n_sub} labeled subset(s), profile `{results['profile']}`; "
              f"reported on {tested}. Split seed {split['seed']}: {len(split['test'])} test / "
              f"{len(split['validation'])} validation / {len(split['pool'])} pool. Checkpoints, temperatures and "
-             "heatmap weights were selected on the validation split only.", "",
+             "heatmap error models were selected on the validation split only.", "",
              f"Plan: patch {plan['patch_size']}, spacing {plan['spacing'] or 'each image its own'}, batch "
              f"{plan['batch_labeled']} + {plan['batch_unlabeled']}, {plan['iterations']} iterations"
              + (f", estimated {plan['estimated_train_seconds'] / 60:.1f} min of training per run"
@@ -448,12 +539,15 @@ def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> No
     for r in results["runs"]:
         lines.append(f"| {r['method']} | {r['subset']} | {r['seed']} | {r['dice_mean']:.4f} | {_fmt(r['hd95_mean'], '.2f')} | "
                      f"{_fmt(r['asd_mean'], '.2f')} | {r['ece']:.4f} | {r['iterations']} | {r['train_seconds']:.0f} |")
-    if unc.get("signals"):
-        lines += ["", "## Error detection (synergypl model, test voxels)", "",
+    blocks = ([("synergypl", unc["signals"])] if unc.get("signals") else []) + \
+        [(m, b["signals"]) for m, b in unc.get("by_model", {}).items() if b.get("signals")]
+    for model, signals in blocks:
+        lines += ["", f"## Error detection ({model} model, test voxels)", "",
                   "| signal | AUROC | AUPRC | error recall at 5% flagged | seconds per case |", "| --- | --- | --- | --- | --- |"]
-        for name, s in unc["signals"].items():
-            lines.append(f"| {name} | {s['auroc']:.4f} ± {s['auroc_std']:.4f} | {s['auprc']:.4f} | "
-                         f"{s['error_recall_at_5pct']:.4f} | {s['seconds_per_case']:.3f} |")
+        for name, s in signals.items():
+            lines.append(f"| {name} | {s['auroc']:.4f} ± {s['auroc_std']:.4f} | {s['auprc']:.4f} ± {s['auprc_std']:.4f} | "
+                         f"{s['error_recall_at_5pct']:.4f} ± {s['error_recall_at_5pct_std']:.4f} | "
+                         f"{s['seconds_per_case']:.3f} |")
     calibrated = [d for d in details if "ece_before_calibration" in d]
     if calibrated:
         names = list(calibrated[0]["ece_classwise"])

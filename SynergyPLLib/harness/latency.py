@@ -3,7 +3,8 @@
 - ``plain_seconds``: one sliding-window prediction of a ``shape`` volume;
 - ``synergy_seconds``: the same prediction with confidence heatmap, region map and flagged regions;
 - ``round_seconds``: one default retraining round (``TrainConfig.round_iterations`` iterations,
-  fine-tuning the last model) on the hippocampus data.
+  fine-tuning the last model) on the hippocampus data; ``None`` when ``model`` is given (the predictions
+  are then timed with that checkpoint and no round is trained).
 Each is the median of ``repeats`` runs after a warm-up. The test volume is a real hippocampus image
 mirrored out to ``shape`` (so the network sees anatomy, not noise).
 """
@@ -49,7 +50,7 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def run_latency(shape: tuple[int, int, int], out: str | Path, data: str | Path, repeats: int = 3,
-                round_iterations: int | None = None, n_unlabeled: int = 40) -> dict:
+                round_iterations: int | None = None, n_unlabeled: int = 40, model: str | Path | None = None) -> dict:
     """Measure, write ``out/latency.json`` and return it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,11 @@ def run_latency(shape: tuple[int, int, int], out: str | Path, data: str | Path, 
     cfg = profile_config("cpu" if default_device() == "cpu" else "gpu", classes)
     cfg.train.iterations = round_iterations or cfg.train.round_iterations
     cfg.train.val_every = cfg.train.iterations
+    if model is not None:
+        predictor = Predictor.from_checkpoint(model)
+        bar = tqdm(total=2 * (repeats + 1), desc="bench-latency", unit="step")
+        return _time_predictions(predictor, read_volume(cases[0].image), shape, repeats, bar, out,
+                                 {"round_seconds": None, "round_iterations": cfg.train.iterations})
     pre = Preprocessor(cfg.preprocess)
     lab = load_cases(cases[:7], pre, len(classes))
     unl = [LoadedCase(c.id, c.image, None, c.volume)
@@ -74,7 +80,15 @@ def run_latency(shape: tuple[int, int, int], out: str | Path, data: str | Path, 
             round_times.append(time.perf_counter() - t0)
             bar.update(1)
         predictor = Predictor.from_checkpoint(first.checkpoint)
-    volume = mirrored_volume(read_volume(cases[0].image), shape)
+    return _time_predictions(predictor, read_volume(cases[0].image), shape, repeats, bar, out,
+                             {"round_seconds": round(statistics.median(round_times), 2),
+                              "round_iterations": cfg.train.iterations})
+
+
+def _time_predictions(predictor: Predictor, source: Volume, shape: tuple[int, int, int], repeats: int, bar,
+                      out: Path, round_info: dict) -> dict:
+    """Median plain and heatmap prediction times of ``source`` mirrored to ``shape``; writes latency.json."""
+    volume = mirrored_volume(source, shape)
 
     def plain():
         predictor.predict(volume, heatmap=False)
@@ -91,8 +105,7 @@ def run_latency(shape: tuple[int, int, int], out: str | Path, data: str | Path, 
     bar.close()
     result = {"device": device_name(), "shape": list(shape), "plain_seconds": round(t_plain, 3),
               "synergy_seconds": round(t_syn, 3), "ratio": round(t_syn / t_plain, 3),
-              "round_seconds": round(statistics.median(round_times), 2),
-              "round_iterations": cfg.train.iterations, "mix_views": cfg.inference.mix_views,
+              **round_info, "mix_views": predictor.config.inference.mix_views,
               "torch_threads": torch.get_num_threads(), "repeats": repeats}
     (out / "latency.json").write_text(json.dumps(result, indent=2))
     return result

@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from SynergyPLLib.engine.config import AugmentConfig
 from SynergyPLLib.engine.uncertainty import (
     ErrorDetectionAccumulator,
+    boundary_distance_confidence,
     entropy_confidence,
     error_detection_scores,
     mc_dropout_confidence,
-    tta_flip_confidence,
+    tta_confidence,
 )
 
 # ----------------------------------------------------------------------------- error detection
@@ -157,38 +159,42 @@ def test_mc_dropout_restores_modes_on_error_and_needs_dropout():
         mc_dropout_confidence(plain, None, torch.randn(1, 1, 4, 4, 4))
 
 
-def _box_model(x):
-    """Flip-equivariant: a symmetric 3x3x3 box filter with zero padding, then a 2-class softmax."""
-    s = torch.nn.functional.conv3d(x, torch.ones(1, 1, 3, 3, 3) / 27, padding=1)
-    return torch.softmax(torch.cat([s, -s], 1) * 4, 1)
+def _pointwise_model(x):
+    """Shift-equivariant: a per-voxel 2-class softmax of the intensity."""
+    return torch.softmax(torch.cat([x, -x], 1) * 2, 1)
 
 
-def test_tta_equivariant_model_is_fully_confident():
-    image = torch.randn(1, 1, 5, 7, 6, generator=torch.Generator().manual_seed(0))
-    conf = tta_flip_confidence(_box_model, image)
-    assert conf.shape == (5, 7, 6) and conf.dtype == np.float32
-    assert np.allclose(conf, 1.0, atol=1e-6)
+def test_tta_without_intensity_changes_undoes_the_shifts():
+    image = torch.randn(1, 1, 9, 10, 11, generator=torch.Generator().manual_seed(0))
+    still = AugmentConfig(intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
+    conf = tta_confidence(_pointwise_model, image, views=6, augment=still, max_shift=2)
+    assert conf.shape == (9, 10, 11) and conf.dtype == np.float32
+    plain = entropy_confidence(_pointwise_model(image)[0])
+    inner = (slice(2, -2),) * 3  # the edges see replicated voxels
+    assert np.allclose(conf[inner], plain[inner], atol=1e-5)
 
 
-def test_tta_position_dependent_model_is_not():
-    ramp = torch.linspace(-2, 2, 7).reshape(1, 1, 1, 7, 1)
-
-    def model(x):  # depends on position along j: flips of axis 1 disagree
-        s = x + ramp
-        return torch.softmax(torch.cat([s, -s], 1), 1)
-
-    conf = tta_flip_confidence(model, torch.zeros(1, 1, 3, 7, 3))
-    assert conf.min() < 0.9 and conf.max() <= 1.0
-    assert np.allclose(tta_flip_confidence(model, torch.zeros(1, 1, 3, 7, 3), axes=((), (0,), (2,))), 1.0)
+def test_tta_intensity_changes_lower_the_confidence_near_the_decision_boundary():
+    image = torch.linspace(-0.2, 0.2, 8).reshape(1, 1, 8, 1, 1).expand(1, 1, 8, 4, 4).contiguous()
+    plain = entropy_confidence(_pointwise_model(image)[0])
+    conf = tta_confidence(_pointwise_model, image, views=8, augment=AugmentConfig(), max_shift=0)
+    assert conf.mean() < plain.mean() and conf.max() <= 1.0
+    assert np.array_equal(tta_confidence(_pointwise_model, image, views=1), plain)  # one view: the image
 
 
-def test_tta_std_formula():
-    outputs = iter([0.2, 0.6])
+def test_input_independent_model_gives_its_entropy():
+    def constant(x):
+        return torch.cat([torch.full_like(x, 0.7), torch.full_like(x, 0.3)], 1)
 
-    def predict_probs(x):
-        fg = next(outputs)
-        return torch.cat([torch.full_like(x, 1 - fg), torch.full_like(x, fg)], 1)
+    conf = tta_confidence(constant, torch.zeros(1, 1, 3, 4, 5), views=4)
+    expected = 1 + (0.7 * math.log(0.7) + 0.3 * math.log(0.3)) / math.log(2)
+    assert np.allclose(conf, expected, atol=1e-6)
 
-    conf = tta_flip_confidence(predict_probs, torch.zeros(1, 1, 2, 2, 2), axes=((), (0,)))
-    # each class' probability over the two views has population std 0.2: confidence 1 - 2 * 0.2
-    assert np.allclose(conf, 0.6, atol=1e-6)
+
+def test_boundary_distance_confidence_rises_away_from_the_boundary():
+    label = np.zeros((1, 1, 12), np.int64)
+    label[..., 6:] = 1
+    conf = boundary_distance_confidence(label)[0, 0]
+    assert conf[5] == conf[6] == pytest.approx(0.5)
+    assert np.all(np.diff(conf[6:]) > 0) and np.all(np.diff(conf[:6]) < 0)
+    assert np.all(boundary_distance_confidence(np.zeros((2, 2, 2), int)) == 1.0)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hippocampus"
+DATA = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "data" / "hippocampus"
 TINY_ITERATIONS = 4
 
 

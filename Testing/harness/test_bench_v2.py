@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from bench_support import DATA, TINY_ITERATIONS, tiny_dataset  # the `tiny` fixture is in conftest.py
 
 from SynergyPLLib.cli import main
 from SynergyPLLib.engine.data import CaseSpec
+from SynergyPLLib.engine.model import atomic_torch_save
 from SynergyPLLib.harness.bench import (
     RUN_KEYS,
+    SIGNALS,
     draw_subsets,
     make_split,
     paired_bootstrap,
@@ -175,3 +178,35 @@ def test_test_data_overlapping_training_is_refused(tiny, tmp_path, capsys):
     assert rc == 2  # the training folder itself as --test-data: its pool cases would be reported on
     assert "among the training/validation cases" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+@needs_data
+def test_reuse_runs_evaluates_finished_runs_without_training(tiny, tmp_path):
+    data, out, _ = tiny
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    base = json.loads((out2 / "results.json").read_text())
+    older = out2 / "runs" / "supervised_subset0_seed0" / "model.pt"  # as saved before the error model
+    ckpt = torch.load(older, map_location="cpu", weights_only=False)
+    assert "error_model" in ckpt and ckpt["metrics"]["iterations"] == TINY_ITERATIONS
+    del ckpt["error_model"]
+    for key in ("heatmap_validation", "train_seconds", "iterations"):
+        ckpt["metrics"].pop(key)
+    atomic_torch_save(ckpt, older)
+    states = {p: p.stat().st_mtime_ns for p in (out2 / "runs").glob("*/state.pt")}
+    assert main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised,mean_teacher",
+                 "--subsets", "2", "--seeds", "0", "--profile", "cpu", "--iterations", str(TINY_ITERATIONS),
+                 "--reuse-runs", "--out", str(out2)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in states} == states  # nothing trained again
+    res = json.loads((out2 / "results.json").read_text())
+    for key in ("dice_mean", "train_seconds", "iterations", "labeled_ids"):
+        assert [r[key] for r in res["runs"]] == [r[key] for r in base["runs"]]
+    assert all(d["reused"] for d in json.loads((out2 / "details.json").read_text())["runs"])
+    refitted = torch.load(older, map_location="cpu", weights_only=False)
+    assert "error_model" in refitted and refitted["metrics"]["heatmap_validation"]["cases"] == 2
+    unc = json.loads((out2 / "uncertainty.json").read_text())
+    sup = unc["by_model"]["supervised"]
+    assert tuple(sup["signals"]) == SIGNALS and len(sup["per_seed"]) == 2
+    for s in sup["signals"].values():
+        assert 0.0 <= s["auprc"] <= 1.0 and 0.0 <= s["error_recall_at_5pct"] <= 1.0 and s["seconds_per_case"] >= 0
+    assert "## Error detection (supervised model" in (out2 / "report.md").read_text()
