@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from .bench import (
     make_split,
     run_config,
 )
+from .parallel import run_jobs
 
 # name -> (method, {dotted config key: value}); one change each from the synergypl defaults
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -144,32 +144,9 @@ def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int],
     args = dict(data=str(data), profile=profile, plan=plan, iterations=iterations, split_seed=split_seed,
                 work_dir=str(out_path / "runs"), threads=max(1, (os.cpu_count() or 1) // max(1, workers)),
                 reuse=reuse)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=f"ablation {_dataset_name(data)}", unit="run")
-    done: list[dict] = []
-
-    def finished(res: dict) -> None:
-        done.append(res)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(last=f"{res['variant']}/subset{res['subset']} val={res['val_dice']:.3f}")
-
-    if workers <= 1:
-        for v, k, s in jobs:
-            finished(run_variant(variant=v, subset=k, labeled_ids=subset_ids[k], seed=s, **args))
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_variant, variant=v, subset=k, labeled_ids=subset_ids[k], seed=s, **args)
-                       for v, k, s in jobs]
-            for f in as_completed(futures):
-                finished(f.result())
-    if bar:
-        bar.close()
+    calls = [dict(variant=v, subset=k, labeled_ids=subset_ids[k], seed=s, **args) for v, k, s in jobs]
+    done = run_jobs(run_variant, calls, workers=workers, desc=f"ablation {_dataset_name(data)}", progress=progress,
+                    describe=lambda r: f"{r['variant']}/subset{r['subset']} val={r['val_dice']:.3f}")
     fg = classes[1:]
     doc = {"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
            "subsets": subset_ids, "seeds": seeds, "classes": fg, "plan": plan, "variants": {}}

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from ..engine.uncertainty import (
     tta_confidence,
 )
 from .figures import dice_figure
+from .parallel import run_jobs
 
 SPLIT_SEED = 20240611
 SUBSET_SEED = 7
@@ -367,36 +367,12 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     args = dict(data=str(data), test_data=test_data, profile=profile, plan=plan.to_dict(), iterations=None,
                 split_seed=split_seed, work_dir=str(out_path / "runs"), threads=threads, reuse=reuse_runs)
     args["plan"].pop("fingerprint")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc=f"bench {_dataset_name(data)}", unit="run")
-    done = []
-
-    def finished(res, m, k, s):
-        done.append(res)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(last=f"{m}/subset{k}/seed{s} dice={res['run']['dice_mean']:.3f}")
-
-    if workers <= 1:
-        for m, k, s in jobs:
-            if bar:
-                bar.set_description(f"bench {m}/subset{k}/seed{s}")
-            finished(run_one(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, progress=progress,
-                             previous=previous.get((m, k, s)), **args), m, k, s)
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(run_one, method=m, subset=k, labeled_ids=subset_ids[k], seed=s,
-                                   previous=previous.get((m, k, s)), **args): (m, k, s)
-                       for m, k, s in jobs}
-            for f in as_completed(futures):
-                finished(f.result(), *futures[f])
-    if bar:
-        bar.close()
+    calls = [dict(method=m, subset=k, labeled_ids=subset_ids[k], seed=s, previous=previous.get((m, k, s)), **args)
+             for m, k, s in jobs]
+    done = run_jobs(run_one, calls, workers=workers, desc=f"bench {_dataset_name(data)}", progress=progress,
+                    serial_extra={"progress": progress},
+                    describe=lambda r: f"{r['run']['method']}/subset{r['run']['subset']}/seed{r['run']['seed']} "
+                                       f"dice={r['run']['dice_mean']:.3f}")
     order = {m: i for i, m in enumerate(methods)}
     done.sort(key=lambda r: (order[r["run"]["method"]], r["run"]["subset"], r["run"]["seed"]))
     runs = [r["run"] for r in done]
