@@ -122,7 +122,7 @@ def cmd_bench_ablation(args) -> int:
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     doc = run_ablation(args.data, args.labeled, variants, [int(s) for s in args.seeds.split(",")], args.profile,
                        args.out, subsets=args.subsets, workers=args.workers, iterations=args.iterations,
-                       reuse=args.reuse_runs, split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
+                       reuse=args.reference_runs, split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
     for name, v in doc["variants"].items():
         print(f"{name:16s} val dice {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f}")
     print(f"wrote {Path(args.out) / 'ablation.json'} and ablation.md")
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--iterations", type=int, default=None, help="override the plan's iteration budget")
     ab.add_argument("--split-seed", type=int, default=None)
     ab.add_argument("--workers", type=int, default=1)
-    ab.add_argument("--reuse-runs", default=None,
+    ab.add_argument("--reference-runs", default=None, metavar="DIR",
                     help="a benchmark's runs/ folder: score its supervised/synergypl checkpoints instead of retraining")
     ab.add_argument("--out", required=True)
     ab.set_defaults(func=cmd_bench_ablation)

@@ -50,7 +50,7 @@ def test_tiny_ablation_scores_validation_and_reuses_benchmark_checkpoints(tiny, 
     out = tmp_path / "ablation"
     rc = main(["bench-ablation", "--data", str(data), "--labeled", "2", "--variants", "supervised,mixup",
                "--subsets", "2", "--seeds", "0", "--iterations", str(TINY_ITERATIONS),
-               "--reuse-runs", str(bench_out / "runs"), "--out", str(out)])
+               "--reference-runs", str(bench_out / "runs"), "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "ablation.json").read_text())
     bench = json.loads((bench_out / "results.json").read_text())
