@@ -190,6 +190,7 @@ class InferenceConfig:
     mix_views: int = 1  # K mixed views for the synergy heatmap
     mix_lambda: float = 0.75  # weight of the case itself in each mixed view
     flag_threshold: float = 0.5  # heatmap below this is low confidence
+    fit_error_model: bool = True  # fit the heatmap's error model on validation after training (off: former formula)
     min_region_voxels: int = 5
     max_regions: int = 50
     max_region_ml: float = RegionParams.max_region_ml  # flagged regions are cut into pieces of at most

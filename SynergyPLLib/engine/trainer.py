@@ -570,12 +570,14 @@ class Trainer:
                                 "synergy_bar": {**self.bar_info, "temperature": self.bar_temperature,
                                                 "tau": self.tau}})
         net, cfg = network_from_checkpoint(ckpt)
-        try:
-            model, report = fit_error_model(Predictor(net, cfg, applied, ckpt["mix_references"], str(self.device)),
-                                            self.validation)
-            ckpt["error_model"] = model.to_dict()
-        except ValueError as exc:  # too few validation cases, or no wrong voxel to learn from
-            report = {"error": str(exc)}
+        report = {"skipped": "inference.fit_error_model is off: the former heatmap formula"}
+        if cfg.inference.fit_error_model:
+            try:
+                model, report = fit_error_model(Predictor(net, cfg, applied, ckpt["mix_references"],
+                                                          str(self.device)), self.validation)
+                ckpt["error_model"] = model.to_dict()
+            except ValueError as exc:  # too few validation cases, or no wrong voxel to learn from
+                report = {"error": str(exc)}
         ckpt["metrics"]["heatmap_validation"] = report
         started = getattr(self, "_run_started", time.perf_counter())
         self._train_seconds = time.perf_counter() - started

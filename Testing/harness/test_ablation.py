@@ -68,6 +68,7 @@ def test_tiny_ablation_scores_validation_and_reuses_benchmark_checkpoints(tiny, 
 
     trained = load_checkpoint(out / "runs" / "mixup_subset0_seed0" / "model.pt")
     assert trained["config"]["train"]["synergy"]["mix"] == "mixup"  # the override reached the training
+    assert "error_model" not in trained and "skipped" in trained["metrics"]["heatmap_validation"]  # no heatmap fit
     table = (out / "ablation.md").read_text()
     assert "| mixup | `train.synergy.mix: \"mixup\"` |" in table and "validation" in table
     shutil.rmtree(out / "runs")
