@@ -175,10 +175,13 @@ class Trainer:
         self.temperature = 1.0  # the model's (fitted once at the end)
         self.bar_temperature = 1.0  # the teacher's, for the confidence bar during training
         self.fine_tuning = init_checkpoint is not None
+        self.error_views = None  # all views are tried (error_model.VIEWS)
         if init_checkpoint is not None:  # fine-tuning round: start from the last model
             ckpt = load_checkpoint(init_checkpoint)
             self.student.load_state_dict(ckpt["state_dict"])
             self.bar_temperature = float(ckpt.get("temperature", 1.0))
+            # a fine-tuning round keeps the previous model's heatmap view (refits only the error model)
+            self.error_views = (ckpt["error_model"]["view"],) if ckpt.get("error_model") else None
         self.teacher = copy.deepcopy(self.student).eval()  # pseudo labels without dropout noise
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -574,7 +577,8 @@ class Trainer:
         if cfg.inference.fit_error_model:
             try:
                 model, report = fit_error_model(Predictor(net, cfg, applied, ckpt["mix_references"],
-                                                          str(self.device)), self.validation)
+                                                          str(self.device)), self.validation,
+                                                **({"views": self.error_views} if self.error_views else {}))
                 ckpt["error_model"] = model.to_dict()
             except ValueError as exc:  # too few validation cases, or no wrong voxel to learn from
                 report = {"error": str(exc)}

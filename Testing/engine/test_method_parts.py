@@ -203,6 +203,21 @@ def test_fine_tuning_round_skips_the_warm_start(tmp_path):
     assert load_checkpoint(res.checkpoint)["metrics"]["synergy_bar"]["source"] == "validation"
 
 
+def test_fine_tuning_round_keeps_the_heatmap_view_and_refits_the_error_model(tmp_path):
+    rng = np.random.default_rng(3)
+    lab, unl, val = _tiny_cases(2, True, rng), _tiny_cases(2, False, rng), _tiny_cases(2, True, rng)
+    first = Trainer(_tiny("synergypl", iterations=2), lab, unl, val, tmp_path / "a").run()
+    before = load_checkpoint(first.checkpoint)
+    assert before["error_model"]["view"] in set(before["metrics"]["heatmap_validation"]["cv"])
+    assert len(before["metrics"]["heatmap_validation"]["cv"]) > 2  # the first round searches the views
+    tr = Trainer(_tiny("synergypl", iterations=2), lab, unl, val, tmp_path / "b", init_checkpoint=first.checkpoint)
+    assert tr.error_views == (before["error_model"]["view"],)
+    after = load_checkpoint(tr.run().checkpoint)
+    assert after["error_model"]["view"] == before["error_model"]["view"]
+    assert set(after["metrics"]["heatmap_validation"]["cv"]) <= {before["error_model"]["view"], "entropy"}
+    assert after["error_model"]["coef"] != before["error_model"]["coef"]  # refitted for the new model
+
+
 @pytest.mark.parametrize("warmup", [0.0, 0.5])
 def test_calibration_fitted_once_stored_and_never_applied_to_student_logits(warmup, tmp_path, monkeypatch):
     lab, unl, val = _data(1)
