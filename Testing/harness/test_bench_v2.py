@@ -15,15 +15,8 @@ from bench_support import DATA, TINY_ITERATIONS, tiny_dataset  # the `tiny` fixt
 from SynergyPLLib.cli import main
 from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.model import atomic_torch_save
-from SynergyPLLib.harness.bench import (
-    RUN_KEYS,
-    SIGNALS,
-    draw_subsets,
-    make_split,
-    paired_bootstrap,
-    paired_difference,
-    split_sizes,
-)
+from SynergyPLLib.harness.bench import RUN_KEYS, draw_subsets, make_split, split_sizes
+from SynergyPLLib.harness.bench_report import SIGNALS, paired_bootstrap, paired_difference
 
 needs_data = pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
 
