@@ -64,11 +64,17 @@ class ErrorModel:
 
     def p_wrong(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """``P(wrong)`` shaped like the features (accumulated one feature at a time: little memory)."""
-        z = None
+        # sum_i (f_i - m_i) c_i / s_i + b = sum_i f_i (c_i / s_i) + (b - sum_i m_i c_i / s_i): one in-place
+        # multiply-add per feature (a heatmap's cost is mostly these passes over the volume)
+        z, offset = None, self.intercept
         for name, c, m, s in zip(self.feature_names, self.coef, self.mean, self.scale, strict=True):
-            term = (feats[name].float() - m) * (c / s)
-            z = term if z is None else z + term
-        return torch.sigmoid(z + self.intercept)
+            f, w = feats[name], c / s
+            offset -= m * w
+            if z is None:
+                z = f.float() * w
+            else:
+                z.add_(f.float() if f.dtype == torch.bool else f, alpha=w)
+        return torch.sigmoid_(z.add_(offset))
 
 
 def default_settings(config) -> dict:
@@ -180,26 +186,26 @@ def boundary_distance(label: np.ndarray, clip: float | None = DEFAULT_CLIP) -> n
 
 def voxel_features(probs: torch.Tensor, view_probs: torch.Tensor, clip: float = DEFAULT_CLIP
                    ) -> dict[str, torch.Tensor]:
-    """:data:`FEATURES` (each (I, J, K) float32) from plain ``probs`` and one view's ``view_probs`` (C, I, J, K)."""
+    """:data:`FEATURES` (each (I, J, K): float32, the 0/1 ones bool) from plain ``probs`` and one view's
+    ``view_probs`` (C, I, J, K)."""
     p, q = probs.float(), view_probs.float()
     c = p.shape[0]
-    top2 = p.topk(2, dim=0)
-    y = top2.indices[0]
-    p_max = top2.values[0]
+    p_max, y = p.max(0)  # max + masked max: several times faster than topk over the class axis on CPU
+    p_second = p.scatter(0, y[None], -1.0).amax(0)
     q_y = q.gather(0, y[None])[0]
     d = torch.from_numpy(boundary_distance(y.numpy(), clip))
     return {
         "entropy": torch.special.entr(p).sum(0) / math.log(c),
-        "margin": top2.values[0] - top2.values[1],
+        "margin": p_max - p_second,
         "p_max": p_max,
         "log_p_other": torch.log1p(-p_max.clamp(max=1.0) + EPS),
         "view_p": q_y,
         "log_view_other": torch.log1p(-q_y.clamp(max=1.0) + EPS),
-        "disagree": (q.max(0).indices != y).float(),
+        "disagree": q.max(0).indices != y,
         "foreground_prob": 1 - p[0],
-        "inside": (y > 0).float(),
+        "inside": y > 0,
         "boundary_distance": d / clip,
-        "on_boundary": (d <= 1.0).float(),
+        "on_boundary": d <= 1.0,
     }
 
 

@@ -83,9 +83,11 @@ def synergy_heatmap(probs: torch.Tensor, view_probs: list[torch.Tensor]) -> torc
     return (confidence * consistency.sqrt()).clamp(0, 1)
 
 
-def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str, bar: float) -> torch.Tensor:
-    """Region map (I, J, K) uint8: 0 consistent+confident ... 3 inconsistent+uncertain (see synergy.py)."""
-    y = class_map(probs)
+def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str, bar: float,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Region map (I, J, K) uint8: 0 consistent+confident ... 3 inconsistent+uncertain (see synergy.py).
+    ``labels``: ``class_map(probs)`` when the caller has it already."""
+    y = class_map(probs) if labels is None else labels
     consistent = torch.ones_like(y, dtype=torch.bool)
     confident = confidence_score(probs[None], mode)[0, 0] >= bar
     for v in view_probs:
@@ -208,14 +210,15 @@ class Predictor:
         x = self.pre.image(image)
         net_probs = self.probabilities(x)
         probs = self.pre.invert(net_probs, x)
-        label = image.with_array(class_map(probs).numpy().astype(np.uint8))
+        y = class_map(probs)
+        label = image.with_array(y.numpy().astype(np.uint8))
         pred = Prediction(label=label, probabilities=probs.numpy(), model_info=dict(self.info))
         if heatmap:
             tc = self.config.train
             heat, views = self.heatmap_and_views(x, net_probs, probs)
             heat = heat.numpy().astype(np.float32)
             codes = region_codes(probs, views, tc.confidence_mode,
-                                 confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold))
+                                 confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold), y)
             pred.heatmap = image.with_array(heat)
             pred.region_map = image.with_array(codes.numpy())
             params = region_params(self.config, flag_threshold)

@@ -296,6 +296,9 @@ def summarize(before, after, reviews, opts, m1, m2, pred_seconds, total_seconds)
         "voxels_touched": int(sum(r.touched for r in reviews)),
         "voxels_to_target": int(sum(charged)), "full_review_voxels": int(full),
         "efficiency_share": float(sum(charged) / full) if full else None,
+        # bench-loop's unit: one fully reviewed case = 1.0 (a case not at the target counts 1.0)
+        "effort_cases": float(sum(min(1.0, c / r.full_review) if r.touched_to_target is not None else 1.0
+                                  for c, r in zip(charged, reviews, strict=True) if r.full_review)),
         "cases_reaching_target": sum(r.touched_to_target is not None for r in reviews),
         "review_dice_regions_only": float(np.mean([r.dice_regions_only for r in reviews])) if reviews else None,
         "voxels_flagged_regions": int(sum(r.touched_regions for r in reviews)),

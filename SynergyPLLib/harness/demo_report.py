@@ -47,6 +47,16 @@ def write_report(out: Path, s: dict, reviews, figure_case, class_names) -> Path:
         f"| cases reaching Dice {s['target_dice']:.2f} | {s['cases_reaching_target']} of {s['reviewed']} |",
         f"| prediction with heatmap through the API (per case) | {s['prediction_seconds_api']:.2f} s |",
         "",
+        "## Rounds",
+        "",
+        "Effort in `synergypl bench-loop`'s unit: one fully reviewed case = 1.0, cumulative.",
+        "",
+        "| round | labeled cases | training | review effort | held-out Dice |",
+        "| --- | --- | --- | --- | --- |",
+        f"| 1 | {o['labeled']} | {o['iterations']} iterations from scratch | 0 | {s['dice_before']:.3f} |",
+        f"| 2 | {o['labeled'] + s['reviewed']} ({s['reviewed']} corrected) | {o['round_iterations']} iterations "
+        f"fine-tuning from round 1 | {s.get('effort_cases', float('nan')):.2f} | {s['dice_after']:.3f} |",
+        "",
         "## How the numbers are made",
         "",
         "- The simulated annotator takes the cases in the order of `GET /api/next-case` (most disagreement "

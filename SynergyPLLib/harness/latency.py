@@ -105,7 +105,8 @@ def _time_predictions(predictor: Predictor, source: Volume, shape: tuple[int, in
     bar.close()
     result = {"device": device_name(), "shape": list(shape), "plain_seconds": round(t_plain, 3),
               "synergy_seconds": round(t_syn, 3), "ratio": round(t_syn / t_plain, 3),
-              **round_info, "mix_views": predictor.config.inference.mix_views,
+              **round_info, "heatmap": predictor.info.get("heatmap"),
+              "mix_views": predictor.config.inference.mix_views,
               "torch_threads": torch.get_num_threads(), "repeats": repeats}
     (out / "latency.json").write_text(json.dumps(result, indent=2))
     return result

@@ -14,6 +14,7 @@ from SynergyPLLib.engine.data import LoadedCase
 from SynergyPLLib.engine.error_model import (
     FEATURES,
     ErrorModel,
+    _p_wrong_matrix,
     boundary_distance,
     case_features,
     cross_validate,
@@ -99,6 +100,19 @@ def test_fitting_finds_errors_planted_at_the_boundary():
     assert p[near].mean() == pytest.approx(0.5, abs=0.1)  # calibrated: half the surface voxels are wrong
     cv = cross_validate({"shift": cases}, settings, folds=2)
     assert cv["shift"]["auprc"] > cv["entropy"]["auprc"]  # entropy is constant here: it cannot rank
+
+
+def test_volume_p_wrong_equals_the_fitted_matrix_form():
+    """The heatmap's in-place per-feature sum is the standardised logistic model it was fitted as."""
+    rng = np.random.default_rng(3)
+    label = _sphere()
+    probs = torch.from_numpy(rng.dirichlet([1.0, 1.0, 1.0], size=label.shape).astype(np.float32)).permute(3, 0, 1, 2)
+    view = torch.from_numpy(rng.dirichlet([1.0, 1.0, 1.0], size=label.shape).astype(np.float32)).permute(3, 0, 1, 2)
+    m = ErrorModel("shift", list(FEATURES), list(rng.normal(size=len(FEATURES))), -1.5,
+                   list(rng.normal(size=len(FEATURES))), list(rng.uniform(0.5, 2.0, size=len(FEATURES))), {"clip": 5.0})
+    feats = voxel_features(probs, view, 5.0)
+    x = np.stack([feats[n].numpy().reshape(-1) for n in FEATURES], axis=1).astype(np.float64)
+    assert np.allclose(m.p_wrong(feats).numpy().reshape(-1), _p_wrong_matrix(m, x), atol=1e-5)
 
 
 def test_error_model_dict_round_trip():

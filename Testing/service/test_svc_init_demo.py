@@ -66,5 +66,8 @@ def test_headless_demo_writes_report(tmp_path):
     assert s["review_dice_after"] >= s["review_dice_before"]
     report = (out / "report.md").read_text()
     assert "held-out Dice, model v1 (before)" in report and "heatmap_regions.png" in report
+    # the rounds table, effort in bench-loop's unit (a fully reviewed case = 1.0)
+    assert 0.0 < s["effort_cases"] <= s["reviewed"]
+    assert f"| 2 | 4 (2 corrected) | 4 iterations fine-tuning from round 1 | {s['effort_cases']:.2f} |" in report
     for png in ("heatmap_regions.png", "annotator_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
