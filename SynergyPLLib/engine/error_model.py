@@ -34,10 +34,16 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import distance_transform_cdt
 
+from .synergy import top_margin
+
 VIEWS = ("intensity", "shift", "shift_intensity", "mix")
 FEATURES = ("entropy", "margin", "p_max", "log_p_other", "view_p", "log_view_other", "disagree",
             "foreground_prob", "inside", "boundary_distance", "on_boundary")
 DEFAULT_CLIP = 5.0
+# The view pass tiles its windows without overlap: half the windows of the plain pass (overlap 0.25) on a
+# large volume. Validation, left_atrium 4-labeled (8 cases, windows matter there): best view AUPRC + recall
+# at 5 % 1.115 without overlap vs 1.125 with 0.25; hippocampus cases are about one window (identical).
+VIEW_OVERLAP = 0.0
 EPS = 1e-4
 
 
@@ -73,7 +79,7 @@ class ErrorModel:
             if z is None:
                 z = f.float() * w
             else:
-                z.add_(f.float() if f.dtype == torch.bool else f, alpha=w)
+                z.add_(f, alpha=w)  # a bool feature adds w where it is true
         return torch.sigmoid_(z.add_(offset))
 
 
@@ -82,7 +88,7 @@ def default_settings(config) -> dict:
     aug = config.train.augment
     return {"clip": DEFAULT_CLIP, "shift": 2, "intensity_scale": float(aug.intensity_scale),
             "intensity_shift": float(aug.intensity_shift), "noise_std": float(aug.noise_std),
-            "mix_lambda": float(config.inference.mix_lambda), "noise_seed": 0}
+            "mix_lambda": float(config.inference.mix_lambda), "noise_seed": 0, "view_overlap": VIEW_OVERLAP}
 
 
 # ----------------------------------------------------------------------------- views
@@ -138,8 +144,10 @@ def view_output(q: torch.Tensor, view: str, settings: dict) -> torch.Tensor:
 
 
 def view_probabilities(predictor, x: torch.Tensor, view: str, settings: dict) -> torch.Tensor:
-    """One extra sliding-window pass: the view's calibrated probabilities aligned with ``x``'s voxels."""
-    return view_output(predictor.probabilities(view_input(x, view, settings, predictor.refs)), view, settings)
+    """One extra sliding-window pass: the view's calibrated probabilities aligned with ``x``'s voxels.
+    Windows overlap by ``settings["view_overlap"]`` (models fitted before it existed: the plain pass's)."""
+    return view_output(predictor.probabilities(view_input(x, view, settings, predictor.refs),
+                                               overlap=settings.get("view_overlap")), view, settings)
 
 
 # ----------------------------------------------------------------------------- features
@@ -159,29 +167,44 @@ def boundary_voxels(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def _dilate6(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (bool) grown by one voxel step along each axis (6-connectivity)."""
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lo)] |= mask[tuple(hi)]
+        out[tuple(hi)] |= mask[tuple(lo)]
+    return out
+
+
 def boundary_distance(label: np.ndarray, clip: float | None = DEFAULT_CLIP) -> np.ndarray:
     """Per voxel, the distance in voxels to the predicted boundary between classes (float32).
 
-    ``label`` (I, J, K) integer. ``1 +`` the city-block distance (voxel steps along the axes,
-    ``scipy.ndimage.distance_transform_cdt``, metric taxicab: about 15x faster than the Euclidean
-    transform on a 256 x 256 x 128 volume) to the nearest :func:`boundary_voxels` voxel: 1 on both sides
-    of a boundary, 2 one step further in. Computed over the bounding box of the boundary grown by ``clip``
-    when ``clip`` is given; distances are capped at ``clip`` (the rest of the volume is ``clip``). A
-    volume of one class is ``clip`` everywhere (``inf`` without clip).
+    ``label`` (I, J, K) integer. ``1 +`` the city-block distance (voxel steps along the axes, metric
+    taxicab) to the nearest :func:`boundary_voxels` voxel: 1 on both sides of a boundary, 2 one step further
+    in. With ``clip`` the distances are capped at ``clip``: the boundary is grown one 6-connected step at a
+    time (each step is exactly one more taxicab unit), ``ceil(clip - 1)`` steps, which on a 256 x 256 x 128
+    volume is about 3x faster than a distance transform. Without ``clip``,
+    ``scipy.ndimage.distance_transform_cdt`` over the whole volume. A volume of one class is ``clip``
+    everywhere (``inf`` without clip).
     """
     label = np.asarray(label)
-    out = np.full(label.shape, np.inf if clip is None else clip, dtype=np.float32)
     edge = boundary_voxels(label)
-    where = np.nonzero(edge)
-    if not len(where[0]):
-        return out
-    box = tuple(slice(None) for _ in label.shape)
-    if clip is not None:
-        grow = int(math.ceil(clip))
-        box = tuple(slice(max(0, int(a.min()) - grow), int(a.max()) + grow + 1) for a in where)
-    dist = 1.0 + distance_transform_cdt(~edge[box], metric="taxicab").astype(np.float32)
-    out[box] = dist if clip is None else np.minimum(dist, clip)
-    return out
+    if not edge.any():
+        return np.full(label.shape, np.inf if clip is None else clip, dtype=np.float32)
+    if clip is None:
+        return 1.0 + distance_transform_cdt(~edge, metric="taxicab").astype(np.float32)
+    # k(v) = steps to reach v (n when more than n - 1); d = min(1 + k, clip) = min(1 + n - #levels holding v, clip)
+    n = max(0, math.ceil(clip - 1))
+    level, held = edge, np.zeros(label.shape, dtype=np.uint8)
+    for i in range(n):
+        held += level
+        if i + 1 < n:
+            level = _dilate6(level)
+    out = (1 + n) - held.astype(np.float32)
+    return np.minimum(out, np.float32(clip), out=out)
 
 
 def voxel_features(probs: torch.Tensor, view_probs: torch.Tensor, clip: float = DEFAULT_CLIP
@@ -190,19 +213,19 @@ def voxel_features(probs: torch.Tensor, view_probs: torch.Tensor, clip: float = 
     ``view_probs`` (C, I, J, K)."""
     p, q = probs.float(), view_probs.float()
     c = p.shape[0]
-    p_max, y = p.max(0)  # max + masked max: several times faster than topk over the class axis on CPU
-    p_second = p.scatter(0, y[None], -1.0).amax(0)
+    p_max, y = p.max(0)
     q_y = q.gather(0, y[None])[0]
     d = torch.from_numpy(boundary_distance(y.numpy(), clip))
+    # in-place chains below: each temporary volume costs about as much as the arithmetic
     return {
-        "entropy": torch.special.entr(p).sum(0) / math.log(c),
-        "margin": p_max - p_second,
+        "entropy": torch.special.entr(p).sum(0).div_(math.log(c)),
+        "margin": top_margin(p, 0),
         "p_max": p_max,
-        "log_p_other": torch.log1p(-p_max.clamp(max=1.0) + EPS),
+        "log_p_other": p_max.clamp(max=1.0).neg_().add_(EPS).log1p_(),
         "view_p": q_y,
-        "log_view_other": torch.log1p(-q_y.clamp(max=1.0) + EPS),
-        "disagree": q.max(0).indices != y,
-        "foreground_prob": 1 - p[0],
+        "log_view_other": q_y.clamp(max=1.0).neg_().add_(EPS).log1p_(),
+        "disagree": q_y < q.amax(0),  # argmax q != y (up to exact ties)
+        "foreground_prob": torch.rsub(p[0], 1.0),
         "inside": y > 0,
         "boundary_distance": d / clip,
         "on_boundary": d <= 1.0,
@@ -211,8 +234,12 @@ def voxel_features(probs: torch.Tensor, view_probs: torch.Tensor, clip: float = 
 
 def error_heatmap(model: ErrorModel, probs: torch.Tensor, view_probs: torch.Tensor) -> torch.Tensor:
     """Confidence (I, J, K) in [0, 1]: ``1 - P(wrong)`` of ``model`` (1 = certain)."""
-    feats = voxel_features(probs, view_probs, model.settings.get("clip", DEFAULT_CLIP))
-    return (1 - model.p_wrong(feats)).clamp(0, 1)
+    return confidence_from_features(model, voxel_features(probs, view_probs, model.settings.get("clip", DEFAULT_CLIP)))
+
+
+def confidence_from_features(model: ErrorModel, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`error_heatmap` from the :func:`voxel_features` already computed."""
+    return (1 - model.p_wrong(feats)).clamp_(0, 1)
 
 
 # ----------------------------------------------------------------------------- fitting

@@ -10,7 +10,8 @@ of a few voxels undone afterwards, or a mix with a labeled patch)::
 
 over the features ``f_i`` of :data:`.error_model.FEATURES` (normalised entropy, margin, p[y], q[y], view
 disagreement, foreground probability, distance to the predicted boundary, ...), then resampled to the
-image grid. Cost: the plain pass plus one view pass.
+image grid. Cost: the plain pass plus one view pass (whose windows do not overlap: about half the plain
+pass's windows on a large volume).
 
 A checkpoint without an error model (before it existed) keeps the former formula, with ``y = argmax p``
 and K mixed views ``p_k`` (``lambda * x + (1 - lambda) * ref``, ``lambda`` from the checkpoint)::
@@ -20,9 +21,10 @@ and K mixed views ``p_k`` (``lambda * x + (1 - lambda) * ref``, ``lambda`` from 
 and says so in ``Prediction.model_info["heatmap"]``.
 
 The region map uses the training rule (consistent across the views? confident in all?) over the view(s)
-the heatmap used. Flagged regions are 26-connected components of ``heatmap < threshold`` cut into
-compact pieces, ranked by ``sum(1 - heatmap)``: the expected number of wrong voxels fixing the region
-would correct (:mod:`SynergyPLLib.common.regions`).
+the heatmap used (with an error model: on the network grid, from the heatmap's own features). Flagged
+regions are 26-connected components of ``heatmap < threshold`` cut into compact pieces, ranked by
+``sum(1 - heatmap)``: the expected number of wrong voxels fixing the region would correct
+(:mod:`SynergyPLLib.common.regions`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ from ..common.regions import Region, RegionParams
 from ..common.regions import flag_regions as common_flag_regions
 from .config import EngineConfig, check_axcodes
 from .data import Preprocessor
-from .error_model import ErrorModel, error_heatmap, view_probabilities
+from .error_model import (
+    DEFAULT_CLIP,
+    ErrorModel,
+    confidence_from_features,
+    view_probabilities,
+    voxel_features,
+)
 from .io import Volume
 from .model import default_device, load_checkpoint, network_from_checkpoint
 from .sliding_window import WindowPredictor
@@ -142,6 +150,7 @@ class Predictor:
         self.refs = [np.asarray(r, dtype=np.float32) for r in (mix_references or [])]
         inf = config.inference
         self.window = WindowPredictor(self.net, config.train.patch_size, inf.overlap, inf.sw_batch_size, self.device)
+        self._windows = {float(inf.overlap): self.window}  # by overlap (the heatmap's view pass may use its own)
         self.info = info or {}
         self.error_model = ErrorModel.from_dict(error_model) if isinstance(error_model, dict) else error_model
         self.info["heatmap"] = (f"error model: 1 - P(wrong), view {self.error_model.view!r}" if self.error_model
@@ -174,9 +183,18 @@ class Predictor:
         return cls(net, cfg, ckpt.get("temperature", 1.0), ckpt.get("mix_references"), device, info,
                    ckpt.get("error_model"))
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities (C, I', J', K') for a preprocessed image (1, I', J', K')."""
-        return self.window.probabilities(x[None].as_tensor() if hasattr(x, "as_tensor") else x[None],
+    def probabilities(self, x: torch.Tensor, overlap: float | None = None) -> torch.Tensor:
+        """Calibrated class probabilities (C, I', J', K') for a preprocessed image (1, I', J', K'), over
+        windows overlapping by ``overlap`` (None: the project's ``inference.overlap``)."""
+        window = self.window
+        if overlap is not None:
+            key = float(overlap)
+            if key not in self._windows:
+                inf = self.config.inference
+                self._windows[key] = WindowPredictor(self.net, self.config.train.patch_size, key,
+                                                     inf.sw_batch_size, self.device)
+            window = self._windows[key]
+        return window.probabilities(x[None].as_tensor() if hasattr(x, "as_tensor") else x[None],
                                          self.temperature)[0].cpu()
 
     def mixed_views(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -192,17 +210,34 @@ class Predictor:
             views.append(self.probabilities(mixed))
         return views
 
-    def heatmap_and_views(self, x: torch.Tensor, net_probs: torch.Tensor, probs: torch.Tensor
-                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Heatmap (I, J, K) and the views' probabilities [(C, I, J, K)] on the image grid, for a
-        preprocessed image ``x`` with its plain probabilities on the network grid and the image grid."""
+    def heatmap_and_codes(self, x: torch.Tensor, net_probs: torch.Tensor, probs: torch.Tensor,
+                          labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmap (I, J, K) float and region map (I, J, K) uint8 on the image grid, for a preprocessed
+        image ``x`` with its plain probabilities on the network grid and the image grid (``labels``: the
+        image grid's class map).
+
+        With an error model both come from the network grid's features (one view pass, computed once);
+        the region map's two bits (inconsistent, uncertain) travel back to the image grid with the heatmap
+        in one inversion and are thresholded at 0.5 (exact where preprocessing only reorders voxels).
+        """
+        tc = self.config.train
+        bar = confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold)
         em = self.error_model
         if em is None:
             views = [self.pre.invert(v, x) for v in self.mixed_views(x)]
-            return synergy_heatmap(probs, views), views
+            return synergy_heatmap(probs, views), region_codes(probs, views, tc.confidence_mode, bar, labels)
         q = view_probabilities(self, x, em.view, em.settings)
-        heat = self.pre.invert(error_heatmap(em, net_probs, q)[None], x)[0].clamp(0, 1)
-        return heat, [self.pre.invert(q, x)]
+        feats = voxel_features(net_probs, q, em.settings.get("clip", DEFAULT_CLIP))
+        heat = confidence_from_features(em, feats)
+        if tc.confidence_mode == "margin":
+            confident = feats["margin"] >= bar  # the plain margin, already a feature
+        else:
+            confident = confidence_score(net_probs[None], tc.confidence_mode)[0, 0] >= bar
+        confident &= confidence_score(q[None], tc.confidence_mode)[0, 0] >= bar
+        stacked = torch.stack([heat, feats["disagree"].float(), (~confident).float()])
+        heat, inconsistent, uncertain = self.pre.invert(stacked, x)
+        codes = (inconsistent >= 0.5).to(torch.uint8) * 2 + (uncertain >= 0.5).to(torch.uint8)
+        return heat.clamp(0, 1), codes
 
     def predict(self, image: Volume, *, heatmap: bool = True, flag_threshold: float | None = None) -> Prediction:
         """Label map (+ heatmap, region map and flagged regions) in ``image``'s geometry."""
@@ -214,11 +249,8 @@ class Predictor:
         label = image.with_array(y.numpy().astype(np.uint8))
         pred = Prediction(label=label, probabilities=probs.numpy(), model_info=dict(self.info))
         if heatmap:
-            tc = self.config.train
-            heat, views = self.heatmap_and_views(x, net_probs, probs)
+            heat, codes = self.heatmap_and_codes(x, net_probs, probs, y)
             heat = heat.numpy().astype(np.float32)
-            codes = region_codes(probs, views, tc.confidence_mode,
-                                 confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold), y)
             pred.heatmap = image.with_array(heat)
             pred.region_map = image.with_array(codes.numpy())
             params = region_params(self.config, flag_threshold)

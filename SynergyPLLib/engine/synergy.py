@@ -63,12 +63,29 @@ def mix_images(unlabeled: torch.Tensor, labeled: torch.Tensor, lam: torch.Tensor
     return lam * unlabeled + (1 - lam) * labeled
 
 
+def top_margin(probs: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """Top-1 minus top-2 probability along ``dim`` (the class axis) of probabilities that sum to 1 there.
+
+    Two or three classes: from the maximum and the minimum alone (top-2 = 1 - top-1 - min with three,
+    = min with two), about 5x faster on CPU than max + masked max, itself faster than ``topk``.
+    """
+    c = probs.shape[dim]
+    top1 = probs.amax(dim, keepdim=keepdim)
+    if c == 1:
+        return top1
+    if c == 2:
+        return top1 - probs.amin(dim, keepdim=keepdim)
+    if c == 3:
+        return top1.mul(2).add_(probs.amin(dim, keepdim=keepdim)).sub_(1)
+    idx = probs.argmax(dim, keepdim=True)
+    second = probs.scatter(dim, idx, -1.0).amax(dim, keepdim=keepdim)
+    return top1 - second
+
+
 def confidence_score(probs: torch.Tensor, mode: str = "margin") -> torch.Tensor:
     """Per-voxel confidence in [0, 1] from probabilities (B, C, ...); returns (B, 1, ...)."""
-    if mode == "margin":  # max + masked max: much faster than topk over the channel axis on CPU
-        top1, idx = probs.max(1, keepdim=True)
-        second = probs.scatter(1, idx, -1.0).amax(1, keepdim=True)
-        return (top1 - second).clamp(0, 1)
+    if mode == "margin":
+        return top_margin(probs, 1, keepdim=True).clamp_(0, 1)
     if mode == "max_prob":
         return probs.amax(1, keepdim=True)
     if mode == "entropy":

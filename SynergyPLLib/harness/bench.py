@@ -37,7 +37,7 @@ import torch
 from ..engine.calibration import classwise_ece, expected_calibration_error
 from ..engine.config import EngineConfig, profile_config
 from ..engine.data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_decathlon
-from ..engine.error_model import fit_error_model_for_checkpoint
+from ..engine.error_model import default_settings, fit_error_model_for_checkpoint
 from ..engine.inference import Predictor
 from ..engine.io import read_volume
 from ..engine.metrics import segmentation_metrics
@@ -254,16 +254,22 @@ class ReusedRun:
     train_seconds: float
 
 
-def reuse_run(run_dir: Path, iterations: int, data: str, split_seed: int, previous: dict | None) -> ReusedRun | None:
+def reuse_run(run_dir: Path, iterations: int, data: str, split_seed: int, previous: dict | None,
+              heatmap: bool = True) -> ReusedRun | None:
     """The finished run in ``run_dir`` (None when there is none), its error model fitted on the validation
-    split first if its checkpoint has none. Iterations and train seconds: the checkpoint's metrics, else
+    split first if its checkpoint has none, or (``heatmap``: its heatmap is measured) one fitted with other
+    settings than today's (:func:`~SynergyPLLib.engine.error_model.default_settings`, e.g. before the view
+    pass had its own window overlap).
+    Iterations and train seconds: the checkpoint's metrics, else
     ``previous`` (the run's entry in the earlier results.json), else the state's iteration and 0 s."""
     if not finished_run(run_dir, iterations):
         return None
     path = run_dir / "model.pt"
     ckpt = load_checkpoint(path)
-    if "error_model" not in ckpt:
-        val = _loaded(data, split_seed, EngineConfig.from_dict(ckpt["config"]).preprocess)[3]
+    cfg = EngineConfig.from_dict(ckpt["config"])
+    stored = ckpt.get("error_model")
+    if stored is None or (heatmap and stored.get("settings") != default_settings(cfg)):
+        val = _loaded(data, split_seed, cfg.preprocess)[3]
         fit_error_model_for_checkpoint(path, val)
         ckpt = load_checkpoint(path)
     m, previous = ckpt.get("metrics", {}), previous or {}
@@ -292,7 +298,8 @@ def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_
     tests = test_cases(split, test_data)
     check_no_leak([c.id for c in (*pool, *val)], [c.image for c in (*split.pool, *split.validation)], split, tests)
     out_dir = Path(work_dir) / f"{method}_subset{subset}_seed{seed}"
-    result = reuse_run(out_dir, cfg.train.iterations, data, split_seed, previous) if reuse else None
+    result = (reuse_run(out_dir, cfg.train.iterations, data, split_seed, previous, method in UNCERTAINTY_MODELS)
+              if reuse else None)
     if result is None:
         result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
                                                           if progress else None)

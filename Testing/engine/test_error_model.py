@@ -18,16 +18,19 @@ from SynergyPLLib.engine.error_model import (
     boundary_distance,
     case_features,
     cross_validate,
+    default_settings,
     error_heatmap,
     fit_error_model,
     fit_logistic,
     shift_voxels,
+    view_input,
     view_probabilities,
     voxel_features,
 )
-from SynergyPLLib.engine.inference import Predictor, synergy_heatmap
+from SynergyPLLib.engine.inference import Predictor, region_codes, synergy_heatmap
 from SynergyPLLib.engine.io import Volume
 from SynergyPLLib.engine.model import CHECKPOINT_FORMAT, atomic_torch_save, build_network
+from SynergyPLLib.engine.synergy import confidence_bar, top_margin
 
 
 def _sphere(shape=(21, 21, 21), radius=6.0) -> np.ndarray:
@@ -170,6 +173,36 @@ def test_checkpoint_with_error_model_predicts_one_minus_p_wrong(tmp_path):
     expected = predictor.pre.invert(error_heatmap(model, probs, q)[None], x)[0].numpy()  # network -> image grid
     assert np.allclose(pred.heatmap.array, expected, atol=1e-5)
     assert pred.region_map is not None and pred.model_info["heatmap"].startswith("error model")
+    # the region map (computed on the network grid from the heatmap's features) is the training rule applied
+    # on the image grid to the plain and the view's probabilities (exact here: preprocessing reorders voxels)
+    tc = predictor.config.train
+    image_probs = predictor.pre.invert(probs, x)
+    rule = region_codes(image_probs, [predictor.pre.invert(q, x)], tc.confidence_mode,
+                        confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold))
+    assert np.array_equal(pred.region_map.array, rule.numpy()) and pred.region_map.array.dtype == np.uint8
+
+
+def test_the_view_pass_tiles_windows_by_its_own_overlap(tmp_path):
+    """New error models carry ``view_overlap`` 0 (half the windows of the plain pass on a large volume);
+    models fitted before it keep the plain pass's overlap."""
+    predictor = Predictor.from_checkpoint(_checkpoint(tmp_path, None), device="cpu")
+    settings = default_settings(predictor.config)
+    assert settings["view_overlap"] == 0.0 and predictor.config.inference.overlap > 0
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(1, 40, 36, 20)).astype(np.float32))  # > 1 window
+    own = view_probabilities(predictor, x, "intensity", settings)
+    assert torch.allclose(own, predictor.probabilities(view_input(x, "intensity", settings), overlap=0.0))
+    older = {k: v for k, v in settings.items() if k != "view_overlap"}
+    plain_tiling = view_probabilities(predictor, x, "intensity", older)
+    assert torch.allclose(plain_tiling, predictor.probabilities(view_input(x, "intensity", settings)))
+    assert not torch.allclose(own, plain_tiling)  # the tiling matters on a volume of several windows
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 4, 6])
+def test_top_margin_is_top1_minus_top2(classes):
+    p = torch.softmax(torch.randn(2, classes, 5, 4, 3, generator=torch.Generator().manual_seed(classes)) * 3, 1)
+    top = p.topk(min(2, classes), 1).values
+    expected = top[:, 0] - top[:, 1] if classes > 1 else top[:, 0]
+    assert torch.allclose(top_margin(p, 1), expected, atol=1e-6)
 
 
 def test_checkpoint_without_error_model_keeps_the_former_formula(tmp_path):

@@ -186,6 +186,10 @@ def test_reuse_runs_evaluates_finished_runs_without_training(tiny, tmp_path):
     for key in ("heatmap_validation", "train_seconds", "iterations"):
         ckpt["metrics"].pop(key)
     atomic_torch_save(ckpt, older)
+    stale = out2 / "runs" / "supervised_subset1_seed0" / "model.pt"  # fitted before the view pass's own overlap
+    ckpt = torch.load(stale, map_location="cpu", weights_only=False)
+    del ckpt["error_model"]["settings"]["view_overlap"]
+    atomic_torch_save(ckpt, stale)
     states = {p: p.stat().st_mtime_ns for p in (out2 / "runs").glob("*/state.pt")}
     assert main(["bench", "--data", str(data), "--labeled", "2", "--methods", "supervised,mean_teacher",
                  "--subsets", "2", "--seeds", "0", "--profile", "cpu", "--iterations", str(TINY_ITERATIONS),
@@ -197,6 +201,8 @@ def test_reuse_runs_evaluates_finished_runs_without_training(tiny, tmp_path):
     assert all(d["reused"] for d in json.loads((out2 / "details.json").read_text())["runs"])
     refitted = torch.load(older, map_location="cpu", weights_only=False)
     assert "error_model" in refitted and refitted["metrics"]["heatmap_validation"]["cases"] == 2
+    refitted = torch.load(stale, map_location="cpu", weights_only=False)  # its heatmap is measured: refitted
+    assert refitted["error_model"]["settings"]["view_overlap"] == 0.0
     unc = json.loads((out2 / "uncertainty.json").read_text())
     sup = unc["by_model"]["supervised"]
     assert tuple(sup["signals"]) == SIGNALS and len(sup["per_seed"]) == 2
