@@ -153,29 +153,32 @@ def view_probabilities(predictor, x: torch.Tensor, view: str, settings: dict) ->
 # ----------------------------------------------------------------------------- features
 
 
+def _face_neighbours(ndim: int):
+    """Per axis, the index pair (``lo``, ``hi``) that lines every voxel up with its next one along it."""
+    for axis in range(ndim):
+        lo = [slice(None)] * ndim
+        hi = [slice(None)] * ndim
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        yield tuple(lo), tuple(hi)
+
+
 def boundary_voxels(label: np.ndarray) -> np.ndarray:
     """Voxels (bool, like ``label``) with a face neighbour (6-connectivity) of another class."""
     label = np.asarray(label)
     out = np.zeros(label.shape, dtype=bool)
-    for axis in range(label.ndim):
-        lo = [slice(None)] * label.ndim
-        hi = [slice(None)] * label.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        diff = label[tuple(lo)] != label[tuple(hi)]
-        out[tuple(lo)] |= diff
-        out[tuple(hi)] |= diff
+    for lo, hi in _face_neighbours(label.ndim):
+        diff = label[lo] != label[hi]
+        out[lo] |= diff
+        out[hi] |= diff
     return out
 
 
 def _dilate6(mask: np.ndarray) -> np.ndarray:
     """``mask`` (bool) grown by one voxel step along each axis (6-connectivity)."""
     out = mask.copy()
-    for axis in range(mask.ndim):
-        lo = [slice(None)] * mask.ndim
-        hi = [slice(None)] * mask.ndim
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        out[tuple(lo)] |= mask[tuple(hi)]
-        out[tuple(hi)] |= mask[tuple(lo)]
+    for lo, hi in _face_neighbours(mask.ndim):
+        out[lo] |= mask[hi]
+        out[hi] |= mask[lo]
     return out
 
 

@@ -101,7 +101,12 @@ def region_codes(probs: torch.Tensor, view_probs: list[torch.Tensor], mode: str,
     for v in view_probs:
         consistent &= class_map(v) == y
         confident &= confidence_score(v[None], mode)[0, 0] >= bar
-    return ((~consistent).to(torch.uint8) * 2 + (~confident).to(torch.uint8))
+    return codes_of(~consistent, ~confident)
+
+
+def codes_of(inconsistent: torch.Tensor, uncertain: torch.Tensor) -> torch.Tensor:
+    """Region codes (uint8) from the two bool maps: ``2 * inconsistent + uncertain``."""
+    return inconsistent.to(torch.uint8) * 2 + uncertain.to(torch.uint8)
 
 
 def flag_regions(heatmap: Volume, label: Volume, classes: list[str], threshold: float = 0.5,
@@ -236,8 +241,7 @@ class Predictor:
         confident &= confidence_score(q[None], tc.confidence_mode)[0, 0] >= bar
         stacked = torch.stack([heat, feats["disagree"].float(), (~confident).float()])
         heat, inconsistent, uncertain = self.pre.invert(stacked, x)
-        codes = (inconsistent >= 0.5).to(torch.uint8) * 2 + (uncertain >= 0.5).to(torch.uint8)
-        return heat.clamp(0, 1), codes
+        return heat.clamp(0, 1), codes_of(inconsistent >= 0.5, uncertain >= 0.5)
 
     def predict(self, image: Volume, *, heatmap: bool = True, flag_threshold: float | None = None) -> Prediction:
         """Label map (+ heatmap, region map and flagged regions) in ``image``'s geometry."""
