@@ -17,7 +17,7 @@ SLICER_PYTHONS  ?= 3.9 3.12
 PORTABLE_TESTS   = Testing/client Testing/slicer/test_server_process.py Testing/slicer/test_regions.py
 FIND_PYTHON      = sh .ci/find_python.sh
 
-.PHONY: setup test lint lint-slicer test-pythons demo bench bench-latency bench-effort-hippocampus bench-loop-hippocampus clean
+.PHONY: setup test lint lint-slicer test-pythons demo bench bench-latency bench-loop-hippocampus clean
 
 setup: $(VENV)/.installed
 
@@ -81,11 +81,15 @@ $(BENCH_RUNS): bench-%: setup
 bench-latency: setup
 	$(BIN)/synergypl bench-latency --shape 256 256 128 --out docs/benchmarks
 
-# Review effort of the 3-labeled hippocampus synergypl model (subset 0, seed 0; run bench-hippocampus-3 first)
-# and the labeling rounds (docs/benchmarks/README.md, "Review effort and labeling rounds").
-bench-effort-hippocampus: setup
-	$(BIN)/synergypl bench-effort --model docs/benchmarks/hippocampus/3-labeled/runs/synergypl_subset0_seed0/model.pt \
-		--data $(DATA)/hippocampus --target 0.90 --out docs/benchmarks/hippocampus/effort
+# Review effort with a benchmark's synergypl model (subset 0, seed 0; run the matching bench-DATASET-N
+# first), e.g. `make bench-effort-left_atrium-4`, and the labeling rounds (docs/benchmarks/README.md,
+# "Review effort and labeling rounds"). Results in docs/benchmarks/DATASET/N-labeled/effort.
+EFFORT_RUNS = bench-effort-hippocampus-3 bench-effort-left_atrium-4
+.PHONY: $(EFFORT_RUNS)
+$(EFFORT_RUNS): bench-effort-%: setup
+	@d=$$(echo $* | sed 's/-[0-9]*$$//'); n=$$(echo $* | sed 's/.*-//'); \
+	$(BIN)/synergypl bench-effort --model docs/benchmarks/$$d/$$n-labeled/runs/synergypl_subset0_seed0/model.pt \
+		--data $(DATA)/$$d --target 0.90 --out docs/benchmarks/$$d/$$n-labeled/effort
 
 bench-loop-hippocampus: setup
 	$(BIN)/synergypl bench-loop --data $(DATA)/hippocampus --start-labeled 3 --rounds 5 --cases-per-round 4 \

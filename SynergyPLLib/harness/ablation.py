@@ -7,9 +7,11 @@ metrics as the benchmark's test figures), so the table can be used to choose def
 at test cases. ``supervised`` and ``synergypl`` (all on) are the reference rows.
 
 ``reuse`` points at a benchmark's ``runs/`` folder: a reference row whose checkpoint is there
-(``supervised_subset0_seed0/model.pt``...) is scored on validation without training it again.
+(``supervised_subset0_seed0/model.pt``...) and was trained with the same iteration budget is scored on
+validation without training it again.
 
-Out: ``OUT/ablation.json`` ``{"dataset", "labeled", "profile", "split_seed", "subsets", "variants":
+Out: ``OUT/ablation.json`` ``{"dataset", "labeled", "profile", "split_seed", "subsets", "plan", "iterations"
+(what each run trained: the plan's or ``iterations``), "variants":
 {name: {"overrides", "runs": [{"subset", "seed", "val_dice", "val_dice_per_class", "train_seconds",
 "reused"}], "val_dice_mean", "val_dice_std", "val_dice_per_class"}}}`` and ``OUT/ablation.md``.
 """
@@ -53,7 +55,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_calibration": ("synergypl", {"train.soft.calibrate": False}),
     "no_augmentation": ("synergypl", {"train.augment.enabled": False}),
     "no_lr_decay": ("synergypl", {"train.lr_schedule": "none"}),
+    "sgrs": ("sgrs", {}),
 }
+# what must match for an existing ablation.json's rows to stay in the same table
+_SAME_TABLE = ("dataset", "labeled", "profile", "split_seed", "subsets", "seeds", "plan", "iterations")
 
 
 def apply_overrides(cfg: EngineConfig, overrides: dict[str, Any]) -> EngineConfig:
@@ -71,6 +76,13 @@ def apply_overrides(cfg: EngineConfig, overrides: dict[str, Any]) -> EngineConfi
     return cfg
 
 
+def _trained_iterations(checkpoint: Path) -> int | None:
+    """The iteration budget a checkpoint was trained with (a reference run is reused only at the same)."""
+    from ..engine.model import load_checkpoint
+
+    return load_checkpoint(checkpoint)["config"]["train"].get("iterations")
+
+
 def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], seed: int, profile: str,
                 plan: dict, iterations: int | None, split_seed: int, work_dir: str, threads: int,
                 reuse: str | None = None) -> dict:
@@ -84,7 +96,7 @@ def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], se
     reused = None
     if reuse and not overrides:
         candidate = Path(reuse) / f"{method}_subset{subset}_seed{seed}" / "model.pt"
-        reused = candidate if candidate.exists() else None
+        reused = candidate if candidate.exists() and _trained_iterations(candidate) == cfg.train.iterations else None
     t0 = time.perf_counter()
     if reused is None:
         chosen = set(labeled_ids)
@@ -114,6 +126,7 @@ def write_markdown(doc: dict, out: Path) -> None:
     ref = doc["variants"].get("synergypl", {}).get("val_dice_mean")
     lines = [f"# Ablation of synergypl: {doc['dataset']}, {doc['labeled']} labeled (validation split)", "",
              f"{len(doc['subsets'])} labeled subset(s) x seeds {doc['seeds']}, profile `{doc['profile']}`, "
+             f"{doc.get('iterations', doc['plan'].get('iterations'))} iterations per run, "
              f"split seed {doc['split_seed']}; validation Dice (mean ± std over runs). Never test cases.", "",
              "| variant | overrides | val Dice | vs synergypl | " + " | ".join(classes) + " | runs |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " | --- |"]
@@ -125,6 +138,23 @@ def write_markdown(doc: dict, out: Path) -> None:
         lines.append(f"| {name} | {keys} | {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f} | {vs} | {per} | "
                      f"{len(v['runs'])} |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
+
+
+def merged_variants(previous: Path, doc: dict, measured: dict[str, dict]) -> dict[str, dict]:
+    """``measured`` plus the rows of an earlier ``ablation.json`` of the same table (same dataset, subsets,
+    seeds, split and plan) that were not re-run, in ``VARIANTS`` order: running one variant again never
+    drops the others. A table of other settings is replaced whole (its rows are not comparable)."""
+    rows = dict(measured)
+    if previous.exists():
+        try:
+            old = json.loads(previous.read_text())
+        except ValueError:
+            old = {}
+        if all(old.get(k) == doc[k] for k in _SAME_TABLE):
+            for name, row in old.get("variants", {}).items():
+                rows.setdefault(name, row)
+    order = list(VARIANTS)
+    return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int], profile: str, out: str,
@@ -150,11 +180,14 @@ def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int],
                     describe=lambda r: f"{r['variant']}/subset{r['subset']} val={r['val_dice']:.3f}")
     fg = classes[1:]
     doc = {"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
-           "subsets": subset_ids, "seeds": seeds, "classes": fg, "plan": plan, "variants": {}}
+           "subsets": subset_ids, "seeds": seeds, "classes": fg, "plan": plan,
+           "iterations": iterations or plan["iterations"], "variants": {}}
+    measured = {}
     for v in variants:
         runs = sorted((r for r in done if r["variant"] == v), key=lambda r: (r["subset"], r["seed"]))
-        doc["variants"][v] = {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1], "runs": runs,
-                              **summarize_variant(runs, fg)}
+        measured[v] = {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1], "runs": runs,
+                       **summarize_variant(runs, fg)}
+    doc["variants"] = merged_variants(out_path / "ablation.json", doc, measured)
     (out_path / "ablation.json").write_text(json.dumps(doc, indent=2))
     write_markdown(doc, out_path)
     return doc

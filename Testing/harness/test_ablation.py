@@ -17,7 +17,7 @@ from SynergyPLLib.harness.ablation import VARIANTS, apply_overrides
 def test_every_variant_changes_one_known_key_of_the_defaults():
     for name, (method, overrides) in VARIANTS.items():
         cfg = profile_config("cpu", ["background", "a", "b"])
-        assert method in ("supervised", "synergypl")
+        assert method in ("supervised", "synergypl", "sgrs")
         assert len(overrides) <= 1, name
         for key, value in overrides.items():
             *path, leaf = key.split(".")
@@ -71,4 +71,35 @@ def test_tiny_ablation_scores_validation_and_reuses_benchmark_checkpoints(tiny, 
     assert "error_model" not in trained and "skipped" in trained["metrics"]["heatmap_validation"]  # no heatmap fit
     table = (out / "ablation.md").read_text()
     assert "| mixup | `train.synergy.mix: \"mixup\"` |" in table and "validation" in table
+    # running one variant again keeps the other rows of the same table (nothing measured is lost)
+    rc = main(["bench-ablation", "--data", str(data), "--labeled", "2", "--variants", "supervised",
+               "--subsets", "2", "--seeds", "0", "--iterations", str(TINY_ITERATIONS),
+               "--reference-runs", str(bench_out / "runs"), "--out", str(out)])
+    again = json.loads((out / "ablation.json").read_text())
+    assert rc == 0 and list(again["variants"]) == ["supervised", "mixup"] and again["iterations"] == TINY_ITERATIONS
+    assert again["variants"]["mixup"] == doc["variants"]["mixup"]
+    # another iteration budget: the benchmark's checkpoints do not match it, and the earlier rows are another table
+    rc = main(["bench-ablation", "--data", str(data), "--labeled", "2", "--variants", "supervised",
+               "--subsets", "1", "--seeds", "0", "--iterations", str(TINY_ITERATIONS + 1),
+               "--reference-runs", str(bench_out / "runs"), "--out", str(out)])
+    longer = json.loads((out / "ablation.json").read_text())
+    assert rc == 0 and longer["iterations"] == TINY_ITERATIONS + 1 and list(longer["variants"]) == ["supervised"]
+    assert longer["variants"]["supervised"]["runs"][0]["reused"] is None  # trained, not the shorter checkpoint
     shutil.rmtree(out / "runs")
+
+
+def test_rows_of_another_table_are_not_merged(tmp_path):
+    from SynergyPLLib.harness.ablation import merged_variants
+
+    table = {"dataset": "D", "labeled": 3, "profile": "cpu", "split_seed": 1, "subsets": [["a"]], "seeds": [0],
+             "plan": {"iterations": 600}, "iterations": 600}
+    row = {"val_dice_mean": 0.5}
+    previous = tmp_path / "ablation.json"
+    previous.write_text(json.dumps({**table, "variants": {"mixup": row, "supervised": row}}))
+    new = {"synergypl": {"val_dice_mean": 0.6}}
+    assert list(merged_variants(previous, table, new)) == ["supervised", "synergypl", "mixup"]  # VARIANTS order
+    assert merged_variants(previous, {**table, "plan": {"iterations": 300}}, new) == new  # another plan
+    assert merged_variants(previous, {**table, "iterations": 1200}, new) == new  # --iterations
+    assert merged_variants(previous, {**table, "subsets": [["b"]]}, new) == new  # other labeled cases
+    previous.write_text("{not json")
+    assert merged_variants(previous, table, new) == new

@@ -17,6 +17,7 @@ from SynergyPLLib.engine.planning import (
     GRID_VOXELS,
     PATCH_VOXELS,
     Fingerprint,
+    Plan,
     fingerprint,
     plan,
     plan_dataset,
@@ -59,7 +60,7 @@ def test_hippocampus_plan(plans):
     assert fp.cases == 200 and fp.median_spacing == [1.0, 1.0, 1.0]
     assert cpu.spacing is None  # 1 mm everywhere: the images' own grid
     assert cpu.patch_size == [32, 48, 32]  # fits about 35 x 50 x 35
-    assert cpu.iterations == 600 and gpu.iterations == 6000
+    assert cpu.iterations == 2 * 600 and gpu.iterations == 6000  # small patches: the schedule cap, not the budget
     assert fp.class_frequency["Anterior"] == pytest.approx(0.028, abs=0.005)
     _check_common(cpu, fp)
     _check_common(gpu, fp)
@@ -100,6 +101,25 @@ def test_iterations_shrink_to_the_time_budget():
     assert p.iterations < profile_config("cpu").train.iterations
     assert p.estimated_train_seconds <= CPU_BUDGET_SECONDS
     assert math.prod(p.grid_shape) <= GRID_VOXELS["cpu"] * 1.02
+
+
+def test_iterations_fill_the_time_budget():
+    """A plan uses the budget it has: more voxels per step, fewer iterations, each just inside the budget."""
+    from SynergyPLLib.engine.planning import BUDGET_MARGIN, MAX_SCHEDULE_FACTOR, estimate_train_seconds
+
+    def case(side):
+        return Fingerprint("c", ["background", "organ"], 40, 40, spacings=[[1.0, 1.0, 1.0]] * 40,
+                           shapes=[[side, side, side]] * 40)
+
+    small, mid, large = (plan(case(s), "cpu", n_validation=4) for s in (24, 40, 48))
+    schedule = profile_config("cpu").train.iterations
+    assert small.iterations == MAX_SCHEDULE_FACTOR * schedule  # capped: a tiny patch would run for ever
+    assert schedule < mid.iterations < small.iterations and large.iterations < mid.iterations
+    budget = CPU_BUDGET_SECONDS * (1 - BUDGET_MARGIN)
+    for p in (mid, large):
+        assert p.estimated_train_seconds <= budget
+        longer = Plan(**{**p.to_dict(), "iterations": p.iterations + p.val_every})
+        assert estimate_train_seconds(longer, 4, p.seconds_per_iteration) > budget  # one step more: over
 
 
 def test_apply_writes_the_engine_config(plans):
