@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from SynergyPLLib.harness.review import (
     review_case,
     simulate_review,
 )
-
-CHECKPOINT = Path("/work/main/docs/benchmarks/hippocampus/3-labeled/runs/synergypl_subset0_seed0/model.pt")
 
 
 def _case():
@@ -131,12 +128,13 @@ def test_summary_has_the_benchmark_keys():
 
 
 @pytest.mark.data
-def test_bench_effort_writes_effort_json(hippocampus_dir, tmp_path):
-    if not CHECKPOINT.exists():
-        pytest.skip(f"no trained checkpoint at {CHECKPOINT}")
+def test_bench_effort_writes_effort_json(tiny, tmp_path):
+    """On a model the tiny real benchmark trained (with its heatmap's error model), not a developer's file."""
     from SynergyPLLib.cli import main
 
-    assert main(["bench-effort", "--model", str(CHECKPOINT), "--data", str(hippocampus_dir), "--cases", "1",
+    data, bench_out, _ = tiny
+    checkpoint = bench_out / "runs" / "supervised_subset0_seed0" / "model.pt"
+    assert main(["bench-effort", "--model", str(checkpoint), "--data", str(data), "--cases", "1",
                  "--guides", "synergy,random,full_review", "--out", str(tmp_path)]) == 0
     doc = json.loads((tmp_path / "effort.json").read_text())
     assert doc["target"] == 0.9 and doc["cases"] == 1
