@@ -141,8 +141,8 @@ def write_markdown(doc: dict, out: Path) -> None:
 
 
 def merged_variants(previous: Path, doc: dict, measured: dict[str, dict]) -> dict[str, dict]:
-    """``measured`` plus the rows of an earlier ``ablation.json`` of the same table (same dataset, subsets,
-    seeds, split and plan) that were not re-run, in ``VARIANTS`` order: running one variant again never
+    """``measured`` plus the rows of an earlier ``ablation.json`` of the same table (``_SAME_TABLE``: dataset,
+    subsets, seeds, split, plan, iterations) not re-run, in ``VARIANTS`` order: running one variant again never
     drops the others. A table of other settings is replaced whole (its rows are not comparable)."""
     rows = dict(measured)
     if previous.exists():
