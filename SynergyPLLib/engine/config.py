@@ -95,6 +95,8 @@ class SynergyConfig:
 
     - ``mix``: ``copy_paste`` (bidirectional copy-paste between labeled and unlabeled patches, as BCP) or
       ``mixup`` (the published U_mix = l U + (1 - l) X).
+    - ``select_offset``: the teacher's calibrated logits get a background offset chosen on validation (a
+      decision threshold for the pseudo labels: positive = fewer foreground voxels), before the bar.
     - ``bar``: ``max_prob`` (confident = the calibrated teacher's top probability >= ``tau``, for C classes;
       two classes and tau 0.575 is the published margin rule) or ``margin`` (the published rule on the
       student's two views, ``TrainConfig.margin_threshold``).
@@ -109,6 +111,11 @@ class SynergyConfig:
     select_tau: bool = True  # choose tau on validation (at hand-over / fine-tuning start) from tau_grid
     tau_grid: tuple[float, ...] = (0.575, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99)
     min_coverage: float = 0.8  # a chosen tau keeps at least this share of validation voxels
+    # background logit offset of the teacher's pseudo labels, chosen on validation at hand-over (the one whose
+    # argmax has the best validation Dice; ties: nearest 0): left_atrium's supervised teachers over-segment
+    # (1.05-1.22x the true volume on validation), and self-training amplified it (1.21-1.37x)
+    select_offset: bool = True
+    offset_grid: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 @dataclass

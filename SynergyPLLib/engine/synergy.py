@@ -243,6 +243,36 @@ def choose_tau(table: list[dict], min_coverage: float) -> float:
     return float(max(ok, key=lambda r: (r["errors_removed"] - r["correct_removed"], -r["tau"]))["tau"])
 
 
+def offset_table(logits: torch.Tensor, labels: torch.Tensor, grid) -> list[dict]:
+    """Per background offset ``b`` of ``grid``: the mean foreground Dice (pooled over all voxels) and the
+    predicted-to-true foreground volume of ``argmax(logits + b * e_background)``. ``logits`` (N, C) are
+    calibrated logits, ``labels`` (N,). Foreground classes absent from both labels and predictions are
+    left out of the mean."""
+    labels = labels.long()
+    c = logits.shape[1]
+    true_fg = int((labels > 0).sum())
+    rows = []
+    for b in grid:
+        shifted = logits.clone()
+        shifted[:, 0] += float(b)
+        pred = shifted.argmax(1)
+        dices = []
+        for k in range(1, c):
+            p, t = pred == k, labels == k
+            denom = int(p.sum()) + int(t.sum())
+            if denom:
+                dices.append(2.0 * int((p & t).sum()) / denom)
+        rows.append({"offset": float(b), "dice": float(sum(dices) / len(dices)) if dices else 1.0,
+                     "volume_ratio": int((pred > 0).sum()) / max(1, true_fg)})
+    return rows
+
+
+def choose_offset(table: list[dict]) -> float:
+    """The offset with the best Dice in ``table`` (ties within 1e-4: the one nearest 0)."""
+    best = max(r["dice"] for r in table)
+    return float(min((r for r in table if r["dice"] >= best - 1e-4), key=lambda r: abs(r["offset"]))["offset"])
+
+
 def copy_paste_masks(batch: int, spatial: tuple[int, int, int], fraction: float,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """One random 3D box per sample: (batch, 1, *spatial) float, 1 inside. Each side of the box is

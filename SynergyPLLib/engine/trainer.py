@@ -61,6 +61,7 @@ from .soft_labels import (
 from .synergy import (
     REGION_NAMES,
     RegionalLoss,
+    choose_offset,
     choose_tau,
     confidence_bar,
     copy_paste,
@@ -68,6 +69,7 @@ from .synergy import (
     gaussian_rampup,
     mix_images,
     mix_lambda,
+    offset_table,
     pair_labeled,
     smoothed_targets,
     soft_cross_entropy,
@@ -211,6 +213,7 @@ class Trainer:
         self.bar = confidence_bar(tc.confidence_mode, tc.margin_threshold, tc.entropy_threshold)
         self.tau = float(tc.synergy.tau)
         self.bar_info: dict = {"tau": self.tau, "source": "config"}
+        self.pseudo_offset = 0.0  # background logit offset of the teacher's pseudo labels (chosen with the bar)
         # supervised warm start (semi-supervised methods, not when fine-tuning from a previous model)
         self.warmup_iters = int(round(warmup_fraction_for(tc) * tc.iterations)) \
             if self.method in SEMI_SUPERVISED and not self.fine_tuning else 0
@@ -293,17 +296,31 @@ class Trainer:
         info = self._bar_on_validation(fit) if self.dist.is_main else None
         info = self.dist.broadcast_object(info)
         self.bar_temperature, self.tau, self.bar_info = info["temperature"], info["tau"], info
+        self.pseudo_offset = float(info.get("offset", 0.0))
 
     def _bar_on_validation(self, fit: bool) -> dict:
         syn = self.tc.synergy
         _, logits, labels = self.validate(collect_logits=True)
         t = float(fit_temperature(logits, labels)) if fit else self.bar_temperature
-        probs = boost_probabilities(torch.softmax(logits.float() / t, 1), self.boost)
+        calibrated = logits.float() / t
+        offsets = offset_table(calibrated, labels, syn.offset_grid) if syn.select_offset else None
+        offset = choose_offset(offsets) if offsets else 0.0
+        probs = boost_probabilities(torch.softmax(self._offset(calibrated, offset, 1), 1), self.boost)
         table = tau_table(probs, labels, syn.tau_grid)
         choose = syn.select_tau and syn.bar == "max_prob"
         tau = choose_tau(table, syn.min_coverage) if choose else float(syn.tau)
         return {"iteration": self.iteration, "temperature": t, "temperature_fitted": bool(fit), "tau": tau,
-                "source": "validation" if choose else "config", "table": table}
+                "source": "validation" if choose else "config", "table": table, "offset": offset,
+                "offset_table": offsets}
+
+    @staticmethod
+    def _offset(logits: torch.Tensor, offset: float, class_dim: int) -> torch.Tensor:
+        """``logits`` with ``offset`` added to the background class (along ``class_dim``)."""
+        if not offset:
+            return logits
+        shifted = logits.clone()
+        shifted.select(class_dim, 0).add_(offset)
+        return shifted
 
     def _semi_supervised_loss(self, xl: torch.Tensor, yl: torch.Tensor, w: float,
                               losses: dict[str, float]) -> torch.Tensor:
@@ -365,7 +382,8 @@ class Trainer:
         """(calibrated, boosted teacher probabilities, hard pseudo labels, soft pseudo-label targets)."""
         soft = self.tc.soft
         with torch.no_grad():
-            probs = torch.softmax(self.teacher_net(self._noisy(xu)).float() / self.bar_temperature, 1)
+            logits = self.teacher_net(self._noisy(xu)).float() / self.bar_temperature
+            probs = torch.softmax(self._offset(logits, self.pseudo_offset, 1), 1)
             probs = boost_probabilities(probs, self.boost)
             eps = soft.smoothing if self.use_similarity else 0.0
             return probs, probs.argmax(1), soft_pseudo_targets(probs, eps, self._smoothing_rows())
@@ -495,6 +513,7 @@ class Trainer:
         self.handed_over = s.get("handed_over", True)
         self.bar_temperature = s.get("bar_temperature", self.bar_temperature)
         self.tau, self.bar_info = s.get("tau", self.tau), s.get("bar_info", self.bar_info)
+        self.pseudo_offset = float(self.bar_info.get("offset", 0.0))
         self.dist.load_rank_state(self, s)  # DDP hook: this rank's random state and data-stream position
         return True
 

@@ -16,11 +16,13 @@ from SynergyPLLib.engine.io import Volume
 from SynergyPLLib.engine.model import load_checkpoint
 from SynergyPLLib.engine.soft_labels import boost_probabilities, rare_boost_weights, soft_pseudo_targets
 from SynergyPLLib.engine.synergy import (
+    choose_offset,
     choose_tau,
     confidence_score,
     copy_paste,
     copy_paste_masks,
     copy_paste_targets,
+    offset_table,
     stitch,
     synergy_regions,
     tau_table,
@@ -78,6 +80,27 @@ def test_tau_chosen_by_precision_coverage_trade_off():
     assert table[2]["errors_removed"] == 1.0 and table[2]["correct_removed"] == 1.0
     assert choose_tau(table, min_coverage=0.8) == 0.9  # removes half the errors, no correct voxel
     assert choose_tau(table, min_coverage=0.99) == 0.575  # the coverage floor rules 0.9 out
+
+
+def test_pseudo_label_offset_chosen_by_validation_dice():
+    # 20 voxels, 2 classes: 10 foreground; the teacher's foreground log-odds run from 2 to 6.5 in steps of
+    # 0.5 for the true foreground and from -3 to 1.5 for the background: at offset 0 it over-segments (3
+    # background voxels at log-odds 0.5, 1.0, 1.5 predicted foreground); +1.5 drops those and no true one
+    fg_truth = torch.arange(0.0, 10.0) * 0.5 + 2.0
+    bg_truth = torch.arange(0.0, 10.0) * 0.5 - 3.0
+    logit_fg = torch.cat([fg_truth, bg_truth])
+    logits = torch.stack([torch.zeros(20), logit_fg], 1)
+    labels = torch.tensor([1] * 10 + [0] * 10)
+    table = offset_table(logits, labels, (-1.0, 0.0, 1.5, 3.0))
+    by = {r["offset"]: r for r in table}
+    assert by[0.0]["volume_ratio"] == pytest.approx(13 / 10)  # 10 right + 3 background at 0.5, 1.0, 1.5
+    assert by[0.0]["dice"] == pytest.approx(2 * 10 / (13 + 10))
+    assert by[1.5]["dice"] == pytest.approx(1.0) and by[1.5]["volume_ratio"] == pytest.approx(1.0)
+    assert by[3.0]["volume_ratio"] < 1.0  # too far: true foreground lost
+    assert choose_offset(table) == 1.5
+    # ties go to the offset nearest 0: a perfectly separated teacher keeps 0
+    clean = torch.stack([torch.zeros(20), torch.cat([torch.full((10,), 5.0), torch.full((10,), -5.0)])], 1)
+    assert choose_offset(offset_table(clean, labels, (-1.0, 0.0, 1.0))) == 0.0
 
 
 # --- copy-paste ----------------------------------------------------------------------------------
@@ -190,6 +213,8 @@ def test_warm_start_hands_over_a_copy_of_the_student(method, tmp_path):
     if method == "synergypl":
         assert tr.bar_info["source"] == "validation" and tr.bar_info["iteration"] == 4
         assert tr.tau in tr.tc.synergy.tau_grid and tr.bar_info["temperature_fitted"]
+        assert tr.pseudo_offset == tr.bar_info["offset"] and tr.pseudo_offset in tr.tc.synergy.offset_grid
+        assert [r["offset"] for r in tr.bar_info["offset_table"]] == list(tr.tc.synergy.offset_grid)
 
 
 def test_fine_tuning_round_skips_the_warm_start(tmp_path):
