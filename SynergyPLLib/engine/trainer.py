@@ -379,7 +379,7 @@ class Trainer:
         return logits_l, 0.5 * (0.5 * (lu + lm))
 
     def teacher_pseudo(self, xu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(calibrated, boosted teacher probabilities, hard pseudo labels, soft pseudo-label targets)."""
+        """(calibrated, offset, boosted teacher probabilities, hard pseudo labels, soft pseudo-label targets)."""
         soft = self.tc.soft
         with torch.no_grad():
             logits = self.teacher_net(self._noisy(xu)).float() / self.bar_temperature
