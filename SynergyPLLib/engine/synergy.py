@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 
+from ..common.metrics import mean_dice
+
 CONSISTENT_CONFIDENT, CONSISTENT_UNCERTAIN, INCONSISTENT_CONFIDENT, INCONSISTENT_UNCERTAIN = 0, 1, 2, 3
 REGION_NAMES = ("consistent_confident", "consistent_uncertain", "inconsistent_confident", "inconsistent_uncertain")
 
@@ -244,25 +246,17 @@ def choose_tau(table: list[dict], min_coverage: float) -> float:
 
 
 def offset_table(logits: torch.Tensor, labels: torch.Tensor, grid) -> list[dict]:
-    """Per background offset ``b`` of ``grid``: the mean foreground Dice (pooled over all voxels) and the
-    predicted-to-true foreground volume of ``argmax(logits + b * e_background)``. ``logits`` (N, C) are
-    calibrated logits, ``labels`` (N,). Foreground classes absent from both labels and predictions are
-    left out of the mean."""
-    labels = labels.long()
-    c = logits.shape[1]
-    true_fg = int((labels > 0).sum())
+    """Per background offset ``b`` of ``grid``: the mean foreground Dice (:func:`mean_dice` pooled over all
+    voxels, as the trainer's validation scores) and the predicted-to-true foreground volume of
+    ``argmax(logits + b * e_background)``. ``logits`` (N, C) are calibrated logits, ``labels`` (N,)."""
+    truth = labels.long().cpu().numpy()
+    true_fg = int((truth > 0).sum())
     rows = []
     for b in grid:
         shifted = logits.clone()
         shifted[:, 0] += float(b)
-        pred = shifted.argmax(1)
-        dices = []
-        for k in range(1, c):
-            p, t = pred == k, labels == k
-            denom = int(p.sum()) + int(t.sum())
-            if denom:
-                dices.append(2.0 * int((p & t).sum()) / denom)
-        rows.append({"offset": float(b), "dice": float(sum(dices) / len(dices)) if dices else 1.0,
+        pred = shifted.argmax(1).cpu().numpy()
+        rows.append({"offset": float(b), "dice": mean_dice(pred, truth, logits.shape[1]),
                      "volume_ratio": int((pred > 0).sum()) / max(1, true_fg)})
     return rows
 
