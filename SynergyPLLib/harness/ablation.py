@@ -10,10 +10,14 @@ at test cases. ``supervised`` and ``synergypl`` (all on) are the reference rows.
 (``supervised_subset0_seed0/model.pt``...) and was trained with the same iteration budget is scored on
 validation without training it again.
 
+Each row also records the config its checkpoints were trained with (``config``, dotted keys). Defaults move
+between measurements, and a table keeps rows measured earlier: ``ablation.md`` marks a synergypl row whose
+config differs from the ``synergypl`` row in more than its own override, and names the keys.
+
 Out: ``OUT/ablation.json`` ``{"dataset", "labeled", "profile", "split_seed", "subsets", "plan", "iterations"
 (what each run trained: the plan's or ``iterations``), "variants":
 {name: {"overrides", "runs": [{"subset", "seed", "val_dice", "val_dice_per_class", "train_seconds",
-"reused"}], "val_dice_mean", "val_dice_std", "val_dice_per_class"}}}`` and ``OUT/ablation.md``.
+"reused"}], "val_dice_mean", "val_dice_std", "val_dice_per_class", "config"}}}`` and ``OUT/ablation.md``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,59 @@ def apply_overrides(cfg: EngineConfig, overrides: dict[str, Any]) -> EngineConfi
     return cfg
 
 
+# not part of what a variant is: the seed varies by run, the heatmap's fit is off for every ablation run
+_NOT_COMPARED = ("train.seed", "inference.fit_error_model")
+NOT_A_SETTING = "<not a setting then>"  # :func:`beyond_override`'s value for a key the row's config lacks
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A checkpoint's nested ``config`` as ``{"train.synergy.mix": "copy_paste", ...}`` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif name not in _NOT_COMPARED:
+            flat[name] = value
+    return flat
+
+
+def trained_config(checkpoint: Path) -> dict[str, Any]:
+    """The flat config a checkpoint was trained with (:func:`flat_config`)."""
+    from ..engine.model import load_checkpoint
+
+    return flat_config(load_checkpoint(checkpoint)["config"])
+
+
+def shared_config(configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The keys on which all ``configs`` agree, with their values; ``None`` for no configs."""
+    if not configs:
+        return None
+    return {k: v for k, v in configs[0].items() if all(c.get(k) == v for c in configs)}
+
+
+def beyond_override(doc: dict) -> dict[str, dict[str, Any] | None]:
+    """For each synergypl variant but ``synergypl``: the keys (and its values; ``NOT_A_SETTING`` for a key its
+    config lacks) where its config differs from the ``synergypl`` row's besides its own override, i.e. rows
+    measured under other defaults; ``None`` when either row has no recorded config. Empty when the table has
+    no ``synergypl`` row."""
+    variants = doc["variants"]
+    ref = variants.get("synergypl", {}).get("config")
+    out: dict[str, dict[str, Any] | None] = {}
+    if "synergypl" not in variants:
+        return out
+    for name, row in variants.items():
+        if name == "synergypl" or row.get("method", VARIANTS.get(name, ("",))[0]) != "synergypl":
+            continue
+        mine = row.get("config")
+        if ref is None or mine is None:
+            out[name] = None
+            continue
+        out[name] = {k: mine.get(k, NOT_A_SETTING) for k in sorted(set(ref) | set(mine))
+                     if k not in row["overrides"] and (k not in mine or k not in ref or mine[k] != ref[k])}
+    return out
+
+
 def _trained_iterations(checkpoint: Path) -> int | None:
     """The iteration budget a checkpoint was trained with (a reference run is reused only at the same)."""
     from ..engine.model import load_checkpoint
@@ -114,14 +171,17 @@ def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], se
     m = evaluate(Path(checkpoint), split.validation, classes, uncertainty=False)
     return {"variant": variant, "subset": subset, "seed": seed, "val_dice": m["dice_mean"],
             "val_dice_per_class": m["dice"], "train_seconds": None if train_seconds is None else round(train_seconds, 1),
-            "reused": str(reused) if reused else None}
+            "reused": str(reused) if reused else None, "config": trained_config(Path(checkpoint))}
 
 
 def summarize_variant(runs: list[dict], classes: list[str]) -> dict:
-    """Mean and std over runs of the validation Dice, and the mean per class."""
+    """Mean and std over runs of the validation Dice, the mean per class, and the config the runs share
+    (``config``: keys on which the runs disagree, other than the seed, are left out)."""
     d = np.array([r["val_dice"] for r in runs], dtype=float)
+    shared = shared_config([r.pop("config") for r in runs if "config" in r])
     return {"val_dice_mean": float(d.mean()), "val_dice_std": float(d.std(ddof=0)),
-            "val_dice_per_class": {c: float(np.mean([r["val_dice_per_class"][c] for r in runs])) for c in classes}}
+            "val_dice_per_class": {c: float(np.mean([r["val_dice_per_class"][c] for r in runs])) for c in classes},
+            "config": shared}
 
 
 def write_markdown(doc: dict, out: Path) -> None:
@@ -133,13 +193,27 @@ def write_markdown(doc: dict, out: Path) -> None:
              f"split seed {doc['split_seed']}; validation Dice (mean ± std over runs). Never test cases.", "",
              "| variant | overrides | val Dice | vs synergypl | " + " | ".join(classes) + " | runs |",
              "| --- | --- | --- | --- | " + " | ".join("---" for _ in classes) + " | --- |"]
+    stale = beyond_override(doc)
+    notes = []
     for name, v in doc["variants"].items():
         keys = ", ".join(f"`{k}: {json.dumps(x)}`" for k, x in v["overrides"].items()) or \
             ("`method: supervised`" if name == "supervised" else "defaults")
         vs = "" if ref is None or name == "synergypl" else f"{100 * (v['val_dice_mean'] - ref):+.2f}"
         per = " | ".join(f"{v['val_dice_per_class'][c]:.4f}" for c in classes)
-        lines.append(f"| {name} | {keys} | {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f} | {vs} | {per} | "
+        mark = ""
+        if name in stale and stale[name] != {}:
+            notes.append(f"{len(notes) + 1}. `{name}`: " + (
+                "no recorded config (measured before the table recorded them); it may differ from the synergypl "
+                "row in more than its override." if stale[name] is None else
+                "measured under other defaults; it also differs from the synergypl row in "
+                + ", ".join(f"`{k}` ({x[1:-1]})" if x == NOT_A_SETTING else f"`{k}: {json.dumps(x)}`"
+                            for k, x in stale[name].items())
+                + ". Compare it with a row that shares those settings."))
+            mark = f" ({len(notes)})"
+        lines.append(f"| {name}{mark} | {keys} | {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f} | {vs} | {per} | "
                      f"{len(v['runs'])} |")
+    if notes:
+        lines += ["", "Rows that differ from synergypl in more than their override:", "", *notes]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
@@ -158,6 +232,18 @@ def merged_variants(previous: Path, doc: dict, measured: dict[str, dict]) -> dic
                 rows.setdefault(name, row)
     order = list(VARIANTS)
     return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def fill_recorded_configs(variants: dict[str, dict], runs_dir: Path) -> None:
+    """Give rows measured before configs were recorded their ``config``, read from their checkpoints when these
+    are still on disk (``runs_dir/<variant>_subset<k>_seed<s>/model.pt``, or the reused benchmark checkpoint)."""
+    for name, row in variants.items():
+        if row.get("config") is not None:
+            continue
+        paths = [Path(r["reused"]) if r.get("reused") else runs_dir / f"{name}_subset{r['subset']}_seed{r['seed']}"
+                 / "model.pt" for r in row.get("runs", [])]
+        if paths and all(p.exists() for p in paths):
+            row["config"] = shared_config([trained_config(p) for p in paths])
 
 
 def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int], profile: str, out: str,
@@ -191,6 +277,7 @@ def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int],
         measured[v] = {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1], "runs": runs,
                        **summarize_variant(runs, fg)}
     doc["variants"] = merged_variants(out_path / "ablation.json", doc, measured)
+    fill_recorded_configs(doc["variants"], out_path / "runs")
     (out_path / "ablation.json").write_text(json.dumps(doc, indent=2))
     write_markdown(doc, out_path)
     return doc

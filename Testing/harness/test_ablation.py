@@ -61,6 +61,8 @@ def test_tiny_ablation_scores_validation_and_reuses_benchmark_checkpoints(tiny, 
                for r in sup["runs"])  # scored, not retrained
     assert all(r["reused"] is None and r["train_seconds"] > 0 for r in mix["runs"])
     assert mix["overrides"] == {"train.synergy.mix": "mixup"}
+    assert mix["config"]["train.synergy.mix"] == "mixup" and sup["config"]["train.method"] == "supervised"
+    assert all("config" not in r for r in mix["runs"])  # recorded once per row, from the trained checkpoints
     for v in (sup, mix):
         assert 0.0 <= v["val_dice_mean"] <= 1.0
         assert set(v["val_dice_per_class"]) == set(bench["classes"])
@@ -103,3 +105,38 @@ def test_rows_of_another_table_are_not_merged(tmp_path):
     assert merged_variants(previous, {**table, "subsets": [["b"]]}, new) == new  # other labeled cases
     previous.write_text("{not json")
     assert merged_variants(previous, table, new) == new
+
+
+def test_rows_measured_under_other_defaults_are_marked(tmp_path):
+    from SynergyPLLib.harness.ablation import NOT_A_SETTING, beyond_override, flat_config, write_markdown
+
+    ref = flat_config({"train": {"seed": 0, "warmup_fraction": None, "synergy": {"mix": "copy_paste",
+                                                                               "select_offset": True}}})
+    assert ref == {"train.warmup_fraction": None, "train.synergy.mix": "copy_paste",
+                   "train.synergy.select_offset": True}  # the seed is not part of a variant
+    row = {"runs": [{}], "val_dice_mean": 0.7, "val_dice_std": 0.0, "val_dice_per_class": {"a": 0.7}}
+    doc = {"dataset": "D", "labeled": 4, "profile": "cpu", "seeds": [0], "subsets": [["x"]], "split_seed": 1,
+           "plan": {"iterations": 10}, "iterations": 10, "classes": ["a"], "variants": {
+               "supervised": {**row, "method": "supervised", "overrides": {}, "config": {"train.method": "supervised"}},
+               "synergypl": {**row, "method": "synergypl", "overrides": {}, "config": ref},
+               "mixup": {**row, "method": "synergypl", "overrides": {"train.synergy.mix": "mixup"},
+                         "config": {**ref, "train.synergy.mix": "mixup"}},
+               "warm_start_0.5": {**row, "method": "synergypl", "overrides": {"train.warmup_fraction": 0.5},
+                                  "config": {**ref, "train.warmup_fraction": 0.5,
+                                             "train.synergy.select_offset": False}},
+               "warm_start_0.7": {**row, "method": "synergypl", "overrides": {"train.warmup_fraction": 0.7},
+                                  "config": {"train.warmup_fraction": 0.7, "train.synergy.mix": "copy_paste"}},
+               "no_similarity": {**row, "method": "synergypl", "overrides": {"train.soft.similarity": False},
+                                 "config": None}}}
+    assert beyond_override(doc) == {"mixup": {}, "warm_start_0.5": {"train.synergy.select_offset": False},
+                                    "warm_start_0.7": {"train.synergy.select_offset": NOT_A_SETTING},
+                                    "no_similarity": None}
+    write_markdown(doc, tmp_path)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| mixup | " in table and "| supervised | " in table  # one change each: no mark
+    assert "| warm_start_0.5 (1) | " in table and "| no_similarity (3) | " in table
+    assert "1. `warm_start_0.5`: measured under other defaults; it also differs from the synergypl row in " \
+           "`train.synergy.select_offset: false`" in table
+    assert "2. `warm_start_0.7`: measured under other defaults; it also differs from the synergypl row in " \
+           "`train.synergy.select_offset` (not a setting then)." in table
+    assert "3. `no_similarity`: no recorded config" in table
