@@ -51,7 +51,7 @@ from ..engine.uncertainty import (
     mc_dropout_confidence,
     tta_confidence,
 )
-from .bench_report import SIGNALS, summarize, uncertainty_summary, write_report
+from .bench_report import SIGNALS, rare_classes, summarize, uncertainty_summary, write_report
 from .parallel import run_jobs
 
 SPLIT_SEED = 20240611
@@ -377,7 +377,8 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     results = {
         "dataset": _dataset_name(data), "test_cases": len(tests), "labeled": labeled, "profile": profile,
         "classes": classes[1:], "split": split_doc, "plan": plan.to_dict(),
-        "runs": runs, "summary": summarize(runs, details, methods, classes[1:]),
+        "runs": runs, "summary": summarize(runs, details, methods, classes[1:],
+                                           rare_classes(plan.fingerprint.get("class_frequency"), classes[1:])),
     }
     (out_path / "results.json").write_text(json.dumps(results, indent=2))
     (out_path / "details.json").write_text(json.dumps({"runs": details}, indent=2))

@@ -15,6 +15,13 @@ from .figures import dice_figure
 BOOTSTRAP = 2000
 BASELINES = ("supervised", "mean_teacher")
 SIGNALS = ("synergy", "entropy", "mc_dropout", "tta", "boundary_distance")  # error-detection signals
+RARE_FREQUENCY = 0.02  # a class under 2% of the dataset's voxels counts as rare (chaos_mr's kidneys and spleen)
+
+
+def rare_classes(class_frequency: dict[str, float] | None, classes: list[str]) -> list[str]:
+    """The foreground ``classes`` under :data:`RARE_FREQUENCY` of the voxels in the dataset fingerprint's
+    ``class_frequency`` ({name: share of voxels}); empty without a fingerprint or when none is rare."""
+    return [c for c in classes if (class_frequency or {}).get(c, 1.0) < RARE_FREQUENCY]
 
 
 def paired_bootstrap(diffs: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, list[float]]:
@@ -26,9 +33,17 @@ def paired_bootstrap(diffs: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) 
     return float(d.mean()), [float(lo), float(hi)]
 
 
-def paired_difference(details: list[dict], method: str, baseline: str) -> dict | None:
-    """``method`` minus ``baseline``: per test case the Dice difference averaged over the matching (subset,
-    seed) pairs (``full`` matches every subset), then the mean over cases with a bootstrap 95% interval."""
+def _case_dice(detail: dict, case: str, classes: list[str] | None) -> float:
+    """One test case's Dice: the mean over all classes, or over ``classes`` only."""
+    if classes is None:
+        return detail["per_case_dice"][case]
+    return float(np.mean([detail["per_case_class_dice"][case][c] for c in classes]))
+
+
+def paired_difference(details: list[dict], method: str, baseline: str, classes: list[str] | None = None) -> dict | None:
+    """``method`` minus ``baseline``: per test case the Dice difference (mean over all classes, or over
+    ``classes``) averaged over the matching (subset, seed) pairs (``full`` matches every subset), then the
+    mean over cases with a bootstrap 95% interval."""
     mine = [d for d in details if d["method"] == method]
     base = [d for d in details if d["method"] == baseline]
     pairs = [(a, b) for a in mine for b in base
@@ -36,7 +51,8 @@ def paired_difference(details: list[dict], method: str, baseline: str) -> dict |
     if not pairs:
         return None
     case_ids = list(pairs[0][0]["per_case_dice"])
-    diffs = np.mean([[a["per_case_dice"][c] - b["per_case_dice"][c] for c in case_ids] for a, b in pairs], axis=0)
+    diffs = np.mean([[_case_dice(a, c, classes) - _case_dice(b, c, classes) for c in case_ids] for a, b in pairs],
+                    axis=0)
     diff, ci = paired_bootstrap(diffs)
     return {"diff": diff, "ci95": ci}
 
@@ -46,8 +62,11 @@ def _mean_or_none(values: list) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def summarize(runs: list[dict], details: list[dict], methods: list[str], classes: list[str]) -> dict:
-    """Per method: Dice mean and std over runs, per-class Dice, HD95, ECE, paired differences to the baselines."""
+def summarize(runs: list[dict], details: list[dict], methods: list[str], classes: list[str],
+              rare: list[str] | None = None) -> dict:
+    """Per method: Dice mean and std over runs, per-class Dice, HD95, ECE, paired differences to the baselines;
+    with ``rare`` classes (:func:`rare_classes`) also ``rare_classes``: their mean Dice (mean and std over runs)
+    and its paired differences."""
     out = {}
     for m in methods:
         rs = [r for r in runs if r["method"] == m]
@@ -60,6 +79,11 @@ def summarize(runs: list[dict], details: list[dict], methods: list[str], classes
                   "ece": float(np.mean([r["ece"] for r in rs])),
                   "vs_supervised": paired_difference(details, m, "supervised"),
                   "vs_mean_teacher": paired_difference(details, m, "mean_teacher")}
+        if rare:
+            r_d = [float(np.mean([r["dice"][c] for c in rare])) for r in rs]
+            out[m]["rare_classes"] = {"classes": list(rare), "dice_mean": float(np.mean(r_d)),
+                                      "dice_std": float(np.std(r_d)),
+                                      **{f"vs_{b}": paired_difference(details, m, b, rare) for b in BASELINES}}
     return out
 
 
@@ -124,6 +148,16 @@ def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> No
                      + " | ".join(f"{s['dice'][c]:.4f}" for c in classes)
                      + f" | {_fmt(s['hd95_mean'], '.2f')} | {s['ece']:.4f} | {_vs(s['vs_supervised'])} | "
                        f"{_vs(s['vs_mean_teacher'])} | {n} |")
+    rare = next((s["rare_classes"]["classes"] for s in summ.values() if s.get("rare_classes")), None)
+    if rare:
+        lines += ["", f"## Rare classes ({', '.join(rare)}: under {RARE_FREQUENCY:.0%} of the dataset's voxels)", "",
+                  "Dice: the mean over these classes per run, then mean ± std over runs; the paired differences are "
+                  "of that mean, per test case.", "",
+                  "| method | Dice (rare classes) | vs supervised | vs mean_teacher |", "| --- | --- | --- | --- |"]
+        for m, s in summ.items():
+            rc = s["rare_classes"]
+            lines.append(f"| {m} | {rc['dice_mean']:.4f} ± {rc['dice_std']:.4f} | {_vs(rc['vs_supervised'])} | "
+                         f"{_vs(rc['vs_mean_teacher'])} |")
     lines += ["", "## Runs", "", "| method | subset | seed | Dice | HD95 (mm) | ASD (mm) | ECE | iterations | train s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:

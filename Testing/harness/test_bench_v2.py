@@ -16,7 +16,13 @@ from SynergyPLLib.cli import main
 from SynergyPLLib.engine.data import CaseSpec
 from SynergyPLLib.engine.model import atomic_torch_save
 from SynergyPLLib.harness.bench import RUN_KEYS, draw_subsets, make_split, split_sizes
-from SynergyPLLib.harness.bench_report import SIGNALS, paired_bootstrap, paired_difference
+from SynergyPLLib.harness.bench_report import (
+    SIGNALS,
+    paired_bootstrap,
+    paired_difference,
+    rare_classes,
+    summarize,
+)
 
 needs_data = pytest.mark.skipif(not (DATA / "dataset.json").exists(), reason="../shared/data/hippocampus missing")
 
@@ -89,6 +95,38 @@ def test_paired_difference_pairs_subset_and_seed():
     assert paired_difference(details, "synergypl", "mean_teacher") is None
 
 
+def test_rare_classes_get_their_own_mean_and_paired_difference():
+    # chaos_mr's fingerprint: the kidneys and the spleen are under 2% of the voxels, the liver is not
+    freq = {"background": 0.918, "liver": 0.059, "right kidney": 0.0067, "left kidney": 0.0067, "spleen": 0.009}
+    classes = ["liver", "right kidney", "left kidney", "spleen"]
+    assert rare_classes(freq, classes) == ["right kidney", "left kidney", "spleen"]
+    assert rare_classes({"background": 0.9, "left atrium": 0.1}, ["left atrium"]) == []
+    assert rare_classes(None, classes) == []  # no fingerprint: no rare group
+    cases = ["a", "b", "c", "d"]
+
+    def run_and_detail(method, liver, rare):  # per case: liver Dice, the same Dice for each rare organ
+        per = {c: {"liver": liver[i], **dict.fromkeys(classes[1:], rare[i])} for i, c in enumerate(cases)}
+        detail = {"method": method, "subset": 0, "seed": 0, "per_case_class_dice": per,
+                  "per_case_dice": {c: float(np.mean(list(per[c].values()))) for c in cases}}
+        run = {"method": method, "dice_mean": float(np.mean(list(detail["per_case_dice"].values()))),
+               "dice": {k: float(np.mean([per[c][k] for c in cases])) for k in classes},
+               "hd95_mean": None, "ece": 0.01}
+        return run, detail
+
+    # synergypl loses 4 points of liver and gains 3 on every rare organ: the overall mean hides the gain
+    sup = run_and_detail("supervised", [0.9, 0.8, 0.85, 0.7], [0.5, 0.6, 0.4, 0.55])
+    syn = run_and_detail("synergypl", [0.86, 0.76, 0.81, 0.66], [0.53, 0.63, 0.43, 0.58])
+    runs, details = [sup[0], syn[0]], [sup[1], syn[1]]
+    summ = summarize(runs, details, ["supervised", "synergypl"], classes, rare_classes(freq, classes))
+    rc = summ["synergypl"]["rare_classes"]
+    assert rc["classes"] == ["right kidney", "left kidney", "spleen"]
+    assert rc["dice_mean"] == pytest.approx(0.5425) and rc["dice_std"] == 0.0
+    assert rc["vs_supervised"]["diff"] == pytest.approx(0.03) and rc["vs_supervised"]["ci95"] == pytest.approx([0.03, 0.03])
+    assert rc["vs_mean_teacher"] is None
+    assert summ["synergypl"]["vs_supervised"]["diff"] == pytest.approx(0.0125)  # (3 * 3 - 4) / 4 points
+    assert "rare_classes" not in summarize(runs, details, ["supervised", "synergypl"], classes)["synergypl"]
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -127,7 +165,9 @@ def test_results_json_matches_the_contract(tiny):
     summ = res["summary"]
     assert list(summ) == ["supervised", "mean_teacher"]
     for m, s in summ.items():
-        assert set(s) == {"dice_mean", "dice_std", "dice", "hd95_mean", "ece", "vs_supervised", "vs_mean_teacher"}
+        rare = rare_classes(plan["fingerprint"].get("class_frequency"), res["classes"])
+        assert set(s) == {"dice_mean", "dice_std", "dice", "hd95_mean", "ece", "vs_supervised", "vs_mean_teacher"} | (
+            {"rare_classes"} if rare else set())
         ds = [r["dice_mean"] for r in runs if r["method"] == m]
         assert s["dice_mean"] == pytest.approx(np.mean(ds)) and s["dice_std"] == pytest.approx(np.std(ds))
         for key in ("vs_supervised", "vs_mean_teacher"):
