@@ -102,7 +102,7 @@ def cmd_bench(args) -> int:
                         args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
                         workers=args.workers, subsets=args.subsets,
                         split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
-                        measure_plan=args.measure_plan, reuse_runs=args.reuse_runs)
+                        measure_plan=args.measure_plan, reuse_runs=args.reuse_runs, update=args.update)
     plan = results["plan"]
     print(f"plan: patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
           f"{plan['batch_unlabeled']}, {plan['iterations']} iterations")
@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reuse-runs", action="store_true",
                    help="evaluate runs that finished in an earlier bench into the same --out again instead of "
                         "training them (their heatmap error model is fitted first when missing)")
+    b.add_argument("--update", action="store_true",
+                   help="re-run only --methods (they must include supervised and synergypl) and keep the other "
+                        "methods' results from the bench already in --out (same split, subsets, seeds and plan)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
 

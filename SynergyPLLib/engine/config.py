@@ -96,7 +96,8 @@ class SynergyConfig:
     - ``mix``: ``copy_paste`` (bidirectional copy-paste between labeled and unlabeled patches, as BCP) or
       ``mixup`` (the published U_mix = l U + (1 - l) X).
     - ``select_offset``: the teacher's calibrated logits get a background offset chosen on validation (a
-      decision threshold for the pseudo labels: positive = fewer foreground voxels), before the bar.
+      decision threshold for the pseudo labels: positive = fewer foreground voxels), before the bar;
+      ``track_offset`` chooses it again at every validation after the hand-over.
     - ``bar``: ``max_prob`` (confident = the calibrated teacher's top probability >= ``tau``, for C classes;
       two classes and tau 0.575 is the published margin rule) or ``margin`` (the published rule on the
       student's two views, ``TrainConfig.margin_threshold``).
@@ -116,6 +117,9 @@ class SynergyConfig:
     # (1.05-1.22x the true volume on validation), and self-training amplified it (1.21-1.37x)
     select_offset: bool = True
     offset_grid: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+    # choose the offset again at every validation after the hand-over (from the same validation pass that
+    # selects checkpoints), so it follows the teacher as self-training moves its foreground volume
+    track_offset: bool = False
 
 
 @dataclass

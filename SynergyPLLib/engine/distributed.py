@@ -168,8 +168,9 @@ class DistContext:
         out = None
         if self.is_main:
             val = trainer._validate_and_keep_best()
-            out = (val, trainer.best_dice, trainer.best_iteration, trainer.temperature)
-        val, trainer.best_dice, trainer.best_iteration, trainer.temperature = self.broadcast_object(out)
+            out = (val, trainer.best_dice, trainer.best_iteration, trainer.temperature, trainer.pseudo_offset)
+        val, trainer.best_dice, trainer.best_iteration, trainer.temperature, trainer.pseudo_offset = \
+            self.broadcast_object(out)
         return val
 
     def rank_states(self, trainer) -> dict:

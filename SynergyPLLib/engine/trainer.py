@@ -517,8 +517,27 @@ class Trainer:
         self.dist.load_rank_state(self, s)  # DDP hook: this rank's random state and data-stream position
         return True
 
+    def _tracks_offset(self) -> bool:
+        syn = self.tc.synergy
+        return (self.method == "synergypl" and self.handed_over and syn.select_offset and syn.track_offset
+                and self.iteration > self.warmup_iters)
+
+    def _track_offset(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Choose the pseudo-label offset again on this validation pass's teacher logits (``track_offset``);
+        each choice is appended to ``bar_info["offset_track"]``."""
+        table = offset_table(logits.float() / self.bar_temperature, labels, self.tc.synergy.offset_grid)
+        self.pseudo_offset = choose_offset(table)
+        self.bar_info["offset"] = self.pseudo_offset
+        self.bar_info.setdefault("offset_track", []).append(
+            {"iteration": self.iteration, "offset": self.pseudo_offset,
+             "volume_ratio": next(r["volume_ratio"] for r in table if r["offset"] == self.pseudo_offset)})
+
     def _validate_and_keep_best(self) -> float:
-        dice = self.validate()
+        if self._tracks_offset():
+            dice, logits, labels = self.validate(collect_logits=True)
+            self._track_offset(logits, labels)
+        else:
+            dice = self.validate()
         if dice > self.best_dice:
             self.best_dice, self.best_iteration = dice, self.iteration
             atomic_torch_save(self.model_payload(metrics={"val_dice": dice}), self.out_dir / "model.pt")

@@ -53,10 +53,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_warm_start": ("synergypl", {"train.warmup_fraction": 0.0}),
     "warm_start_0.5": ("synergypl", {"train.warmup_fraction": 0.5}),
     "warm_start_0.7": ("synergypl", {"train.warmup_fraction": 0.7}),
+    "unlabeled_weight_0.5": ("synergypl", {"train.unlabeled_weight": 0.5}),
     "mixup": ("synergypl", {"train.synergy.mix": "mixup"}),
     "margin_bar": ("synergypl", {"train.synergy.bar": "margin"}),
     "fixed_tau": ("synergypl", {"train.synergy.select_tau": False}),
     "no_offset": ("synergypl", {"train.synergy.select_offset": False}),
+    "track_offset": ("synergypl", {"train.synergy.track_offset": True}),
     "no_similarity": ("synergypl", {"train.soft.similarity": False}),
     "no_rare_boost": ("synergypl", {"train.soft.rare_boost": False}),
     "no_calibration": ("synergypl", {"train.soft.calibrate": False}),
@@ -89,14 +91,15 @@ NOT_A_SETTING = "<not a setting then>"  # :func:`beyond_override`'s value for a 
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
-    """A checkpoint's nested ``config`` as ``{"train.synergy.mix": "copy_paste", ...}`` (lists kept whole)."""
+    """A checkpoint's nested ``config`` as ``{"train.synergy.mix": "copy_paste", ...}`` (sequences kept whole,
+    as lists: a row just trained compares equal to one read back from ablation.json)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flat_config(value, f"{name}."))
         elif name not in _NOT_COMPARED:
-            flat[name] = value
+            flat[name] = json.loads(json.dumps(value))
     return flat
 
 

@@ -338,14 +338,19 @@ def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False
 def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], profile: str, out: str,
               test_data: str | None = None, iterations: int | None = None, workers: int = 1,
               progress: bool = True, subsets: int = 3, split_seed: int = SPLIT_SEED,
-              measure_plan: bool = False, reuse_runs: bool = False) -> dict:
+              measure_plan: bool = False, reuse_runs: bool = False, update: bool = False) -> dict:
     """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png.
 
     ``reuse_runs``: runs that finished in an earlier bench into the same ``out`` are not trained again,
     only evaluated (their error model fitted first when the checkpoint has none).
+    ``update``: re-run only ``methods`` and keep every other method's runs and per-case details from the
+    results.json already in ``out`` (:func:`carried_methods`: same dataset, split, subsets, seeds and plan,
+    else a ValueError); the methods whose error detection is measured must be among ``methods``.
     """
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
+    if update and not set(UNCERTAINTY_MODELS) <= set(methods):
+        raise ValueError(f"--update re-measures error detection: --methods must include {', '.join(UNCERTAINTY_MODELS)}")
     previous = _previous_runs(out_path / "results.json") if reuse_runs else {}
     classes, cases = load_decathlon(data)
     split = make_split(cases, split_seed)
@@ -358,6 +363,10 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     pool_ids = [c.id for c in split.pool]
     subset_ids = draw_subsets(pool_ids, labeled, subsets) if any(m != "full" for m in methods) else [pool_ids]
     jobs = [(m, k, s) for s in seeds for k in range(len(subset_ids)) for m in methods if not (m == "full" and k)]
+    split_doc = {"seed": split_seed, **split.ids(), "subsets": subset_ids,
+                 "test_data": ({"folder": str(test_data), "cases": [c.id for c in tests]} if test_data else None)}
+    carried = carried_methods(out_path, _dataset_name(data), labeled, split_doc, seeds, plan.to_dict(), methods) \
+        if update else {"methods": [], "runs": [], "details": []}  # checked before anything is trained
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     args = dict(data=str(data), test_data=test_data, profile=profile, plan=plan.to_dict(), iterations=None,
                 split_seed=split_seed, work_dir=str(out_path / "runs"), threads=threads, reuse=reuse_runs)
@@ -368,12 +377,14 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
                     serial_extra={"progress": progress},
                     describe=lambda r: f"{r['run']['method']}/subset{r['run']['subset']}/seed{r['run']['seed']} "
                                        f"dice={r['run']['dice_mean']:.3f}")
-    order = {m: i for i, m in enumerate(methods)}
-    done.sort(key=lambda r: (order[r["run"]["method"]], r["run"]["subset"], r["run"]["seed"]))
-    runs = [r["run"] for r in done]
-    details = [r["detail"] for r in done]
-    split_doc = {"seed": split_seed, **split.ids(), "subsets": subset_ids,
-                 "test_data": ({"folder": str(test_data), "cases": [c.id for c in tests]} if test_data else None)}
+    # the earlier bench's method order, then any method it did not have
+    all_methods = carried["methods"] + [m for m in methods if m not in carried["methods"]]
+    order = {m: i for i, m in enumerate(all_methods)}
+    items = [(r["run"], r["detail"]) for r in done] + list(zip(carried["runs"], carried["details"], strict=True))
+    items.sort(key=lambda rd: (order[rd[0]["method"]], rd[0]["subset"], rd[0]["seed"]))
+    runs = [r for r, _ in items]
+    details = [d for _, d in items]
+    methods = all_methods
     results = {
         "dataset": _dataset_name(data), "test_cases": len(tests), "labeled": labeled, "profile": profile,
         "classes": classes[1:], "split": split_doc, "plan": plan.to_dict(),
@@ -390,6 +401,39 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     (out_path / "uncertainty.json").write_text(json.dumps(unc, indent=2))
     write_report(results, details, unc, out_path)
     return results
+
+
+def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seeds: list[int], plan: dict,
+                    rerun: list[str]) -> dict:
+    """What ``--update`` keeps from ``out``'s results.json and details.json: ``{"methods": the earlier method
+    order, "runs": [...], "details": [...]}`` of every method not in ``rerun``. Raises ValueError naming what
+    differs when the earlier bench measured something else (dataset, labeled count, split, subsets, seeds,
+    or plan), or when there is no earlier bench to update."""
+    try:
+        before = json.loads((out / "results.json").read_text())
+        before_details = json.loads((out / "details.json").read_text())["runs"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"--update needs an earlier bench in {out} (results.json and details.json): {e}") from None
+    plan_now = {k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}
+    plan_then = {k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}
+    differs = [name for name, then, now in (
+        ("dataset", before.get("dataset"), dataset), ("labeled", before.get("labeled"), labeled),
+        ("split", before.get("split"), split_doc),
+        ("seeds", sorted({r["seed"] for r in before.get("runs", [])}), sorted(seeds)),
+        ("plan", plan_then, plan_now)) if then != now]
+    if differs:
+        raise ValueError(f"--update: the bench in {out} measured a different {', '.join(differs)}; "
+                         "run the whole bench into a new --out instead")
+    keep = [i for i, r in enumerate(before["runs"]) if r["method"] not in rerun]
+    key = {(d["method"], d["subset"], d["seed"]): d for d in before_details}
+    return {"methods": list(before.get("summary", {})),
+            "runs": [before["runs"][i] for i in keep],
+            "details": [key[(before["runs"][i]["method"], before["runs"][i]["subset"], before["runs"][i]["seed"])]
+                        for i in keep]}
+
+
+# measured on this machine, not chosen: an earlier bench's timing estimate may differ from today's
+_PLAN_NOT_COMPARED = ("estimated_train_seconds", "seconds_per_iteration")
 
 
 def _previous_runs(path: Path) -> dict:

@@ -217,6 +217,34 @@ def test_warm_start_hands_over_a_copy_of_the_student(method, tmp_path):
         assert [r["offset"] for r in tr.bar_info["offset_table"]] == list(tr.tc.synergy.offset_grid)
 
 
+@pytest.mark.parametrize("track", [False, True])
+def test_tracked_offset_is_chosen_again_at_every_validation_after_the_hand_over(track, tmp_path, monkeypatch):
+    lab, unl, val = _data()
+    cfg = _tiny("synergypl", iterations=8, warmup_fraction=0.25)
+    cfg.train.synergy.track_offset = track
+    tr = Trainer(cfg, lab, unl, val, tmp_path)
+    chosen = iter([0.5, 2.0, -1.0, 1.5])  # what validation "says" at each validation after the hand-over
+    monkeypatch.setattr(trainer_mod, "choose_offset", lambda table: next(chosen))
+    used = []
+    real = tr._offset
+    monkeypatch.setattr(tr, "_offset", lambda logits, offset, dim: used.append((tr.iteration, offset))
+                        or real(logits, offset, dim))
+    tr.run()
+    track_log = tr.bar_info.get("offset_track", [])
+    if not track:  # chosen once, at the hand-over (iteration 2)
+        assert track_log == [] and tr.pseudo_offset == tr.bar_info["offset"] == 0.5
+        assert {o for it, o in used if it >= 2} == {0.5}
+        return
+    # hand-over at 2 chose 0.5; validations at 4, 6, 8 chose 2.0, -1.0, 1.5 (the grid's volume ratio kept)
+    assert [(r["iteration"], r["offset"]) for r in track_log] == [(4, 2.0), (6, -1.0), (8, 1.5)]
+    assert all(r["volume_ratio"] >= 0 for r in track_log)
+    assert tr.pseudo_offset == tr.bar_info["offset"] == 1.5
+    # the pseudo labels of each step used the offset chosen at the last validation before it
+    assert {o for it, o in used if 2 <= it < 4} == {0.5} and {o for it, o in used if 4 <= it < 6} == {2.0}
+    assert {o for it, o in used if 6 <= it < 8} == {-1.0}
+    assert load_checkpoint(tmp_path / "model.pt")["metrics"]["synergy_bar"]["offset_track"] == track_log
+
+
 def test_fine_tuning_round_skips_the_warm_start(tmp_path):
     lab, unl, val = _data()
     first = Trainer(_tiny("synergypl", iterations=2), lab, unl, val, tmp_path / "a").run()

@@ -114,6 +114,10 @@ def test_rows_measured_under_other_defaults_are_marked(tmp_path):
                                                                                "select_offset": True}}})
     assert ref == {"train.warmup_fraction": None, "train.synergy.mix": "copy_paste",
                    "train.synergy.select_offset": True}  # the seed is not part of a variant
+    # a config just trained has tuples, one read back from ablation.json lists: the same setting
+    fresh = flat_config({"train": {"patch_size": (40, 40, 40), "synergy": {"tau_grid": (0.9, 0.95)}}})
+    assert fresh == json.loads(json.dumps(fresh)) == {"train.patch_size": [40, 40, 40],
+                                                      "train.synergy.tau_grid": [0.9, 0.95]}
     row = {"runs": [{}], "val_dice_mean": 0.7, "val_dice_std": 0.0, "val_dice_per_class": {"a": 0.7}}
     doc = {"dataset": "D", "labeled": 4, "profile": "cpu", "seeds": [0], "subsets": [["x"]], "split_seed": 1,
            "plan": {"iterations": 10}, "iterations": 10, "classes": ["a"], "variants": {

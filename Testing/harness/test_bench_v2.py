@@ -249,3 +249,36 @@ def test_reuse_runs_evaluates_finished_runs_without_training(tiny, tmp_path):
     for s in sup["signals"].values():
         assert 0.0 <= s["auprc"] <= 1.0 and 0.0 <= s["error_recall_at_5pct"] <= 1.0 and s["seconds_per_case"] >= 0
     assert "## Error detection (supervised model" in (out2 / "report.md").read_text()
+
+
+@needs_data
+def test_update_reruns_some_methods_and_keeps_the_others(tiny, tmp_path, capsys):
+    data, out, _ = tiny
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2, ignore=shutil.ignore_patterns("runs"))  # the earlier runs' checkpoints are gone
+    base = json.loads((out2 / "results.json").read_text())
+    base_details = json.loads((out2 / "details.json").read_text())["runs"]
+    args = ["bench", "--data", str(data), "--labeled", "2", "--seeds", "0", "--profile", "cpu",
+            "--iterations", str(TINY_ITERATIONS), "--update", "--out", str(out2)]
+    # refused, nothing written: another subset count, or without a method whose error detection is measured
+    assert main([*args, "--methods", "supervised,synergypl", "--subsets", "1"]) == 2
+    assert "measured a different split" in capsys.readouterr().err
+    assert main([*args, "--methods", "synergypl", "--subsets", "2"]) == 2
+    assert "must include synergypl, supervised" in capsys.readouterr().err
+    assert json.loads((out2 / "results.json").read_text()) == base and not (out2 / "runs").exists()  # nor trained
+
+    assert main([*args, "--methods", "supervised,synergypl", "--subsets", "2"]) == 0
+    res = json.loads((out2 / "results.json").read_text())
+    assert [(r["method"], r["subset"]) for r in res["runs"]] == [
+        ("supervised", 0), ("supervised", 1), ("mean_teacher", 0), ("mean_teacher", 1), ("synergypl", 0),
+        ("synergypl", 1)]
+    assert list(res["summary"]) == ["supervised", "mean_teacher", "synergypl"]
+    assert res["runs"][2:4] == base["runs"][2:4]  # carried over as they were
+    details = json.loads((out2 / "details.json").read_text())["runs"]
+    assert details[2:4] == base_details[2:4] and not any(d["reused"] for d in details[:2] + details[4:])
+    # supervised was trained again from scratch: the same code, split and seed give the same model
+    for again, before in zip(res["runs"][:2], base["runs"][:2], strict=True):
+        assert again["dice_mean"] == pytest.approx(before["dice_mean"], abs=1e-6)
+    assert res["summary"]["mean_teacher"]["dice_mean"] == pytest.approx(base["summary"]["mean_teacher"]["dice_mean"])
+    unc = json.loads((out2 / "uncertainty.json").read_text())
+    assert len(unc["per_seed"]) == 2 and len(unc["by_model"]["supervised"]["per_seed"]) == 2
