@@ -414,7 +414,7 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
         before_details = json.loads((out / "details.json").read_text())["runs"]
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"--update needs an earlier bench in {out} (results.json and details.json): {e}") from None
-    plan_now = {k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}
+    plan_now = json.loads(json.dumps({k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}))
     plan_then = {k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}
     differs = [name for name, then, now in (
         ("dataset", before.get("dataset"), dataset), ("labeled", before.get("labeled"), labeled),
@@ -424,12 +424,13 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
     if differs:
         raise ValueError(f"--update: the bench in {out} measured a different {', '.join(differs)}; "
                          "run the whole bench into a new --out instead")
-    keep = [i for i, r in enumerate(before["runs"]) if r["method"] not in rerun]
+    kept = [r for r in before["runs"] if r["method"] not in rerun]
     key = {(d["method"], d["subset"], d["seed"]): d for d in before_details}
-    return {"methods": list(before.get("summary", {})),
-            "runs": [before["runs"][i] for i in keep],
-            "details": [key[(before["runs"][i]["method"], before["runs"][i]["subset"], before["runs"][i]["seed"])]
-                        for i in keep]}
+    missing = [(r["method"], r["subset"], r["seed"]) for r in kept if (r["method"], r["subset"], r["seed"]) not in key]
+    if missing:
+        raise ValueError(f"--update: {out / 'details.json'} has no per-case results for {missing}")
+    return {"methods": list(before.get("summary", {})), "runs": kept,
+            "details": [key[(r["method"], r["subset"], r["seed"])] for r in kept]}
 
 
 # measured on this machine, not chosen: an earlier bench's timing estimate may differ from today's

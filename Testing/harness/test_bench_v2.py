@@ -266,6 +266,11 @@ def test_update_reruns_some_methods_and_keeps_the_others(tiny, tmp_path, capsys)
     assert main([*args, "--methods", "synergypl", "--subsets", "2"]) == 2
     assert "must include synergypl, supervised" in capsys.readouterr().err
     assert json.loads((out2 / "results.json").read_text()) == base and not (out2 / "runs").exists()  # nor trained
+    broken = tmp_path / "broken"  # an earlier bench whose per-case results lost a run
+    shutil.copytree(out2, broken)
+    (broken / "details.json").write_text(json.dumps({"runs": base_details[:-1]}))
+    assert main([*args[:-1], str(broken), "--methods", "supervised,synergypl", "--subsets", "2"]) == 2
+    assert "has no per-case results for [('mean_teacher', 1, 0)]" in capsys.readouterr().err
 
     assert main([*args, "--methods", "supervised,synergypl", "--subsets", "2"]) == 0
     res = json.loads((out2 / "results.json").read_text())
