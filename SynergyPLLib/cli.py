@@ -102,9 +102,10 @@ def cmd_bench(args) -> int:
                         args.profile, args.out, test_data=args.test_data, iterations=args.iterations,
                         workers=args.workers, subsets=args.subsets,
                         split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
-                        measure_plan=args.measure_plan, reuse_runs=args.reuse_runs, update=args.update)
+                        measure_plan=args.measure_plan, reuse_runs=args.reuse_runs, update=args.update,
+                        resolution=args.resolution)
     plan = results["plan"]
-    print(f"plan: patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
+    print(f"plan ({plan.get('resolution', 'full')} resolution): patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
           f"{plan['batch_unlabeled']}, {plan['iterations']} iterations")
     for m, s in results["summary"].items():
         vs = s["vs_supervised"]
@@ -122,7 +123,8 @@ def cmd_bench_ablation(args) -> int:
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     doc = run_ablation(args.data, args.labeled, variants, [int(s) for s in args.seeds.split(",")], args.profile,
                        args.out, subsets=args.subsets, workers=args.workers, iterations=args.iterations,
-                       reuse=args.reference_runs, split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
+                       reuse=args.reference_runs, split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
+                       resolution=args.resolution)
     for name, v in doc["variants"].items():
         print(f"{name:16s} val dice {v['val_dice_mean']:.4f} ± {v['val_dice_std']:.4f}")
     print(f"wrote {Path(args.out) / 'ablation.json'} and ablation.md")
@@ -132,7 +134,23 @@ def cmd_bench_ablation(args) -> int:
 def cmd_plan(args) -> int:
     from .engine.planning import plan_dataset
 
-    print(json.dumps(plan_dataset(args.data, args.profile, measure=args.measure).to_dict(), indent=2))
+    print(json.dumps(plan_dataset(args.data, args.profile, measure=args.measure,
+                                  resolution=args.resolution).to_dict(), indent=2))
+    return 0
+
+
+def cmd_choose_resolution(args) -> int:
+    from .harness.bench import SPLIT_SEED
+    from .harness.resolution import choose_resolution
+
+    doc = choose_resolution(args.data, args.labeled, args.profile, args.out, subsets=args.subsets,
+                            seeds=[int(s) for s in args.seeds.split(",")], workers=args.workers,
+                            split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed)
+    for name, c in doc["candidates"].items():
+        p = c["plan"]
+        score = f"validation Dice {c['val_dice_mean']:.4f} ± {c['val_dice_std']:.4f}" if c["runs"] else "the only candidate"
+        print(f"{name:5s} spacing {p['spacing']}, patch {p['patch_size']}, {p['iterations']} iterations: {score}")
+    print(f"chosen: {doc['chosen']} (wrote {Path(args.out) / 'resolution.json'})")
     return 0
 
 
@@ -284,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--update", action="store_true",
                    help="re-run only --methods (they must include supervised and synergypl) and keep the other "
                         "methods' results from the bench already in --out (same split, subsets, seeds and plan)")
+    b.add_argument("--resolution", default="full", choices=["full", "low", "auto"],
+                   help="the plan's resolution: auto chooses on validation (supervised at each candidate; "
+                        "kept in --out/resolution.json)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
 
@@ -299,13 +320,28 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--workers", type=int, default=1)
     ab.add_argument("--reference-runs", default=None, metavar="DIR",
                     help="a benchmark's runs/ folder: score its supervised/synergypl checkpoints instead of retraining")
+    ab.add_argument("--resolution", default="full", choices=["full", "low"], help="the plan's resolution")
     ab.add_argument("--out", required=True)
     ab.set_defaults(func=cmd_bench_ablation)
+
+    cr = sub.add_parser("choose-resolution",
+                        help="train supervised at each of the planner's resolutions, keep the better on validation")
+    cr.add_argument("--data", default=default_data)
+    cr.add_argument("--labeled", type=int, default=3)
+    cr.add_argument("--subsets", type=int, default=3)
+    cr.add_argument("--seeds", default="0")
+    cr.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
+    cr.add_argument("--split-seed", type=int, default=None)
+    cr.add_argument("--workers", type=int, default=1)
+    cr.add_argument("--out", required=True)
+    cr.set_defaults(func=cmd_choose_resolution)
 
     pl = sub.add_parser("plan", help="fingerprint a Decathlon folder and print its plan (spacing, patch, batch, iterations)")
     pl.add_argument("--data", required=True)
     pl.add_argument("--profile", default="cpu", choices=["cpu", "gpu"])
     pl.add_argument("--measure", action="store_true", help="time the network instead of the cost model")
+    pl.add_argument("--resolution", default="full", choices=["full", "low"],
+                    help="low: the working spacing coarsened for context (when the dataset has such a candidate)")
     pl.set_defaults(func=cmd_plan)
 
     lat = sub.add_parser("bench-latency", help="plain vs synergy prediction time, and one retraining round")

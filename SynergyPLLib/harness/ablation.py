@@ -251,8 +251,9 @@ def fill_recorded_configs(variants: dict[str, dict], runs_dir: Path) -> None:
 
 def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int], profile: str, out: str,
                  subsets: int = 3, workers: int = 1, iterations: int | None = None, reuse: str | None = None,
-                 split_seed: int = SPLIT_SEED, progress: bool = True) -> dict:
-    """Every (variant, subset, seed) on validation; writes ablation.json and ablation.md under ``out``."""
+                 split_seed: int = SPLIT_SEED, progress: bool = True, resolution: str = "full") -> dict:
+    """Every (variant, subset, seed) on validation, at the plan's ``resolution`` (``full`` or ``low``);
+    writes ablation.json and ablation.md under ``out``."""
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {sorted(VARIANTS)}")
@@ -260,7 +261,7 @@ def run_ablation(data: str, labeled: int, variants: list[str], seeds: list[int],
     out_path.mkdir(parents=True, exist_ok=True)
     classes, cases = load_decathlon(data)
     split = make_split(cases, split_seed)
-    plan = bench_plan(data, profile, len(split.validation)).to_dict()
+    plan = bench_plan(data, profile, len(split.validation), resolution=resolution).to_dict()
     plan.pop("fingerprint", None)
     subset_ids = draw_subsets([c.id for c in split.pool], labeled, subsets)
     jobs = [(v, k, s) for s in seeds for k in range(len(subset_ids)) for v in variants]

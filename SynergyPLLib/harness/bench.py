@@ -330,15 +330,16 @@ def _iteration_bar(total: int, desc: str):
     return on_progress
 
 
-def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False) -> Plan:
-    """The dataset's plan for ``profile`` (see engine/planning.py)."""
-    return plan_dataset(data, profile, n_validation=n_validation, measure=measure)
+def bench_plan(data: str, profile: str, n_validation: int, measure: bool = False, resolution: str = "full") -> Plan:
+    """The dataset's plan for ``profile`` at ``resolution`` (see engine/planning.py)."""
+    return plan_dataset(data, profile, n_validation=n_validation, measure=measure, resolution=resolution)
 
 
 def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], profile: str, out: str,
               test_data: str | None = None, iterations: int | None = None, workers: int = 1,
               progress: bool = True, subsets: int = 3, split_seed: int = SPLIT_SEED,
-              measure_plan: bool = False, reuse_runs: bool = False, update: bool = False) -> dict:
+              measure_plan: bool = False, reuse_runs: bool = False, update: bool = False,
+              resolution: str = "full") -> dict:
     """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png.
 
     ``reuse_runs``: runs that finished in an earlier bench into the same ``out`` are not trained again,
@@ -346,6 +347,8 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     ``update``: re-run only ``methods`` and keep every other method's runs and per-case details from the
     results.json already in ``out`` (:func:`carried_methods`: same dataset, split, subsets, seeds and plan,
     else a ValueError); the methods whose error detection is measured must be among ``methods``.
+    ``resolution``: ``full``, ``low`` (the planner's low-resolution candidate) or ``auto`` (chosen on validation
+    by :func:`.resolution.resolution_for`, recorded in ``out/resolution.json``).
     """
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
@@ -355,7 +358,12 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     classes, cases = load_decathlon(data)
     split = make_split(cases, split_seed)
     tests = test_cases(split, test_data)
-    plan = bench_plan(data, profile, len(split.validation), measure_plan)
+    if resolution == "auto":  # imported here: harness/resolution.py trains through ablation.py, which imports this
+        from .resolution import resolution_for
+
+        resolution = resolution_for(data, labeled, profile, out, subsets, seeds, split_seed, workers, progress,
+                                    iterations)
+    plan = bench_plan(data, profile, len(split.validation), measure_plan, resolution)
     if iterations:
         plan.iterations = iterations  # an explicit budget (tests, quick looks); recorded in the plan
         plan.val_every = min(plan.val_every, iterations)
@@ -415,7 +423,8 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"--update needs an earlier bench in {out} (results.json and details.json): {e}") from None
     plan_now = json.loads(json.dumps({k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}))
-    plan_then = {k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}
+    plan_then = {"resolution": "full",  # benches from before the resolution choice planned at full resolution
+                 **{k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}}
     differs = [name for name, then, now in (
         ("dataset", before.get("dataset"), dataset), ("labeled", before.get("labeled"), labeled),
         ("split", before.get("split"), split_doc),

@@ -6,18 +6,19 @@ import json
 import os
 from pathlib import Path
 
-DATA = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "data" / "hippocampus"
+SHARED_DATA = Path(os.environ.get("SYNERGYPL_SHARED", Path(__file__).resolve().parents[2].parent / "shared")) / "data"
+DATA = SHARED_DATA / "hippocampus"
 TINY_ITERATIONS = 4
 
 
-def tiny_dataset(root: Path, ids: list[str]) -> Path:
-    """A Decathlon folder of real hippocampus cases (symlinked)."""
-    meta = json.loads((DATA / "dataset.json").read_text())
+def tiny_dataset(root: Path, ids: list[str], data: Path = DATA) -> Path:
+    """A Decathlon folder of real cases of ``data`` (hippocampus unless told; symlinked)."""
+    meta = json.loads((data / "dataset.json").read_text())
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     for i in ids:
         for sub in ("imagesTr", "labelsTr"):
-            (root / sub / f"{i}.nii.gz").symlink_to(DATA / sub / f"{i}.nii.gz")
+            (root / sub / f"{i}.nii.gz").symlink_to(data / sub / f"{i}.nii.gz")
     meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
     meta["numTraining"] = len(ids)
     meta["test"] = []

@@ -15,12 +15,16 @@ from SynergyPLLib.engine.io import read_volume
 from SynergyPLLib.engine.planning import (
     CPU_BUDGET_SECONDS,
     GRID_VOXELS,
+    LOWRES_COVERAGE,
+    LOWRES_MAX_FACTOR,
     PATCH_VOXELS,
     Fingerprint,
     Plan,
     fingerprint,
+    patch_coverage,
     plan,
     plan_dataset,
+    resolutions,
 )
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -87,6 +91,46 @@ def test_left_atrium_plan(plans):
     assert all(p <= s for p, s in zip(cpu.patch_size, (90, 70, 44), strict=True))  # fits about 90 x 70 x 44
     _check_common(cpu, fp)
     _check_common(gpu, fp)
+    # 40^3 patches see a fifth of the median case: a low-resolution candidate, isotropic, seeing half of it
+    assert resolutions(fp, "cpu") == ["full", "low"]
+    low = plan(fp, "cpu", resolution="low")
+    assert low.resolution == "low" and cpu.resolution == "full"
+    assert low.spacing == pytest.approx([1.70] * 3, abs=0.01)
+    assert patch_coverage(fp, low.spacing, low.patch_size) >= LOWRES_COVERAGE > patch_coverage(fp, [1.25] * 3, cpu.patch_size)
+    _check_common(low, fp)
+
+
+def test_only_datasets_whose_patch_sees_little_of_a_case_get_a_low_resolution_candidate(plans):
+    _needs("hippocampus")
+    _needs("chaos_mr")
+    hippo = plans["hippocampus"][0]
+    assert resolutions(hippo, "cpu") == ["full"]  # 32x48x32 patches see 78% of a 35x50x36 case
+    with pytest.raises(ValueError, match="no low-resolution plan"):
+        plan(hippo, "cpu", resolution="low")
+    with pytest.raises(ValueError, match="unknown resolution 'medium'"):
+        plan(hippo, "cpu", resolution="medium")
+    chaos, cpu, _ = plans["chaos_mr"]
+    low = plan(chaos, "cpu", resolution="low")  # anisotropic: in-plane only, the slices stay 7.7 mm
+    assert low.spacing[0] == low.spacing[1] > cpu.spacing[0] and low.spacing[2] == pytest.approx(7.7, abs=0.01)
+    _check_common(low, chaos)
+
+
+def test_low_resolution_spacing_on_hand_made_fingerprints():
+    def case(shape, spacing=(1.0, 1.0, 1.0)):
+        return Fingerprint("c", ["background", "organ"], 20, 20, spacings=[list(spacing)] * 20, shapes=[list(shape)] * 20)
+
+    mid = case((96, 72, 44))  # a 40^3 patch sees 21%: coarsened until it sees half, short of twice as coarse
+    low = plan(mid, "cpu", resolution="low")
+    assert 1.0 < low.spacing[0] == low.spacing[1] == low.spacing[2] < LOWRES_MAX_FACTOR
+    assert patch_coverage(mid, low.spacing, low.patch_size) >= LOWRES_COVERAGE
+    big = case((200, 200, 200))  # coarsened from the working spacing (already coarse to fit the grid budget)
+    full, low = plan(big, "cpu"), plan(big, "cpu", resolution="low")
+    assert full.spacing[0] < low.spacing[0] <= LOWRES_MAX_FACTOR * full.spacing[0]
+    assert patch_coverage(big, low.spacing, low.patch_size) >= LOWRES_COVERAGE
+    thick = case((400, 400, 60), (0.8, 0.8, 4.0))  # anisotropic: only the fine axes, never beyond the coarsest
+    full, low = plan(thick, "cpu"), plan(thick, "cpu", resolution="low")
+    assert low.spacing[2] == pytest.approx(full.spacing[2]) and full.spacing[0] < low.spacing[0] <= 4.0
+    assert resolutions(case((30, 40, 30))) == ["full"]
 
 
 def test_plan_is_deterministic():
