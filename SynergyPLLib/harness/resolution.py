@@ -30,6 +30,15 @@ from .parallel import run_jobs
 _SAME_CHOICE = ("dataset", "labeled", "profile", "split_seed", "subsets", "seeds", "iterations")
 
 
+def _settings(data: str, labeled: int, profile: str, split_seed: int, subsets: int, seeds, iterations) -> tuple:
+    """(what a choice was made with, the ``_SAME_CHOICE`` keys, the split)."""
+    _, cases = load_decathlon(data)
+    split = make_split(cases, split_seed)
+    return ({"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
+             "subsets": draw_subsets([c.id for c in split.pool], labeled, subsets), "seeds": list(seeds),
+             "iterations": iterations}, split)
+
+
 def choose_resolution(data: str, labeled: int, profile: str, out: str, subsets: int = 3, seeds: list[int] = (0,),
                       split_seed: int = SPLIT_SEED, workers: int = 1, progress: bool = True,
                       iterations: int | None = None) -> dict:
@@ -37,13 +46,10 @@ def choose_resolution(data: str, labeled: int, profile: str, out: str, subsets: 
     ``iterations`` overrides each plan's budget (tests, quick looks; recorded)."""
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    _, cases = load_decathlon(data)
-    split = make_split(cases, split_seed)
+    settings, split = _settings(data, labeled, profile, split_seed, subsets, seeds, iterations)
+    subset_ids = settings["subsets"]
     fp = fingerprint(data)
-    subset_ids = draw_subsets([c.id for c in split.pool], labeled, subsets)
-    doc = {"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
-           "subsets": subset_ids, "seeds": list(seeds), "iterations": iterations, "method": "supervised",
-           "candidates": {}, "chosen": "full"}
+    doc = {**settings, "method": "supervised", "candidates": {}, "chosen": "full"}
     candidates = resolutions(fp, profile)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     for resolution in candidates:
@@ -79,11 +85,7 @@ def resolution_for(data: str, labeled: int, profile: str, out: str, subsets: int
     except (OSError, json.JSONDecodeError):
         before = None
     if before is not None:
-        _, cases = load_decathlon(data)
-        split = make_split(cases, split_seed)
-        now = {"dataset": _dataset_name(data), "labeled": labeled, "profile": profile, "split_seed": split_seed,
-               "subsets": draw_subsets([c.id for c in split.pool], labeled, subsets), "seeds": list(seeds),
-               "iterations": iterations}
+        now, _ = _settings(data, labeled, profile, split_seed, subsets, seeds, iterations)
         if all(before.get(k) == now[k] for k in _SAME_CHOICE):
             return before["chosen"]
     return choose_resolution(data, labeled, profile, out, subsets, seeds, split_seed, workers, progress,
