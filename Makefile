@@ -67,9 +67,13 @@ demo: setup
 DATA         ?= ../shared/data
 BENCH_METHODS ?= supervised,mean_teacher,sgrs,synergypl,full
 BENCH_ARGS    ?= --subsets 3 --seeds 0 --profile cpu --workers 1
-# the plan's resolution per target (full unless named): left_atrium 4 chose low on validation
-# (docs/benchmarks/left_atrium/4-labeled/resolution.json); the other tables were measured at full
+# the plan's resolution per target (full unless named): left_atrium 4 and 8 chose low on validation
+# (docs/benchmarks/left_atrium/N-labeled/resolution.json); the other tables were measured at full
 RESOLUTION_left_atrium-4 = auto
+RESOLUTION_left_atrium-8 = auto
+# the warm-start share of mean_teacher and synergypl per target (their default 0.3 unless named): left_atrium 4
+# chose 0.5 in its low-resolution ablation on validation (docs/benchmarks/left_atrium/4-labeled/ablation-low)
+WARMUP_left_atrium-4 = 0.5
 BENCH_RUNS    = bench-hippocampus-3 bench-hippocampus-7 bench-left_atrium-4 bench-left_atrium-8 bench-chaos_mr-2
 
 bench: $(BENCH_RUNS)
@@ -79,7 +83,8 @@ $(BENCH_RUNS): bench-%: setup
 	@d=$$(echo $* | sed 's/-[0-9]*$$//'); n=$$(echo $* | sed 's/.*-//'); \
 	echo "== bench $$d, $$n labeled"; \
 	$(BIN)/synergypl bench --data $(DATA)/$$d --labeled $$n --methods $(BENCH_METHODS) $(BENCH_ARGS) \
-		--resolution $(or $(RESOLUTION_$*),full) --out docs/benchmarks/$$d/$$n-labeled
+		--resolution $(or $(RESOLUTION_$*),full) $(if $(WARMUP_$*),--warmup $(WARMUP_$*)) \
+		--out docs/benchmarks/$$d/$$n-labeled
 
 bench-latency: setup
 	$(BIN)/synergypl bench-latency --shape 256 256 128 --out docs/benchmarks

@@ -103,10 +103,11 @@ def cmd_bench(args) -> int:
                         workers=args.workers, subsets=args.subsets,
                         split_seed=SPLIT_SEED if args.split_seed is None else args.split_seed,
                         measure_plan=args.measure_plan, reuse_runs=args.reuse_runs, update=args.update,
-                        resolution=args.resolution)
+                        resolution=args.resolution, warmup=args.warmup)
     plan = results["plan"]
     print(f"plan ({plan.get('resolution', 'full')} resolution): patch {plan['patch_size']}, spacing {plan['spacing']}, batch {plan['batch_labeled']}+"
-          f"{plan['batch_unlabeled']}, {plan['iterations']} iterations")
+          f"{plan['batch_unlabeled']}, {plan['iterations']} iterations"
+          + (f", warm start {plan['warmup_fraction']}" if plan.get("warmup_fraction") is not None else ""))
     for m, s in results["summary"].items():
         vs = s["vs_supervised"]
         vs_text = f"  vs supervised {vs['diff']:+.4f} [{vs['ci95'][0]:+.4f}, {vs['ci95'][1]:+.4f}]" if vs else ""
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resolution", default="full", choices=["full", "low", "auto"],
                    help="the plan's resolution: auto chooses on validation (supervised at each candidate; "
                         "kept in --out/resolution.json)")
+    b.add_argument("--warmup", type=float, default=None,
+                   help="warm-start share of mean_teacher and synergypl when one was chosen for the dataset on "
+                        "validation (the ablation table); default: the methods' own (0.3)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_bench)
 

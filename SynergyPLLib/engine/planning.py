@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import EngineConfig, profile_config
+from .config import DEFAULT_WARMUP, EngineConfig, profile_config
 from .decathlon import read_decathlon
 
 CPU_BUDGET_SECONDS = 480.0  # BENCHMARK.md: one run of one method <= 8 minutes on 2 CPU cores
@@ -124,18 +124,24 @@ class Plan:
     budget_seconds: float | None
     fingerprint: dict = field(default_factory=dict)
     resolution: str = "full"  # "low": the working spacing coarsened for context (:func:`lowres_spacing`)
+    # the warm-start share of the methods that warm-start (config.DEFAULT_WARMUP's), when one was chosen for
+    # this dataset on validation (``bench --warmup``, from the ablation table); None: their defaults
+    warmup_fraction: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def apply(self, cfg: EngineConfig) -> EngineConfig:
-        """Write the plan into an engine config (spacing, patch, batch, iterations); returns ``cfg``."""
+        """Write the plan into an engine config (spacing, patch, batch, iterations, and the warm start when the
+        plan has one and ``cfg``'s method warm-starts: sgrs stays as published); returns ``cfg``."""
         cfg.preprocess.spacing = tuple(self.spacing) if self.spacing else None
         cfg.train.patch_size = tuple(self.patch_size)
         cfg.train.batch_labeled = self.batch_labeled
         cfg.train.batch_unlabeled = self.batch_unlabeled
         cfg.train.iterations = self.iterations
         cfg.train.val_every = self.val_every
+        if self.warmup_fraction is not None and cfg.train.method in DEFAULT_WARMUP:
+            cfg.train.warmup_fraction = float(self.warmup_fraction)
         return cfg
 
 

@@ -43,6 +43,7 @@ from .bench import (
     evaluate,
     make_split,
     run_config,
+    trained_as,
 )
 from .parallel import run_jobs
 
@@ -139,13 +140,6 @@ def beyond_override(doc: dict) -> dict[str, dict[str, Any] | None]:
     return out
 
 
-def _trained_iterations(checkpoint: Path) -> int | None:
-    """The iteration budget a checkpoint was trained with (a reference run is reused only at the same)."""
-    from ..engine.model import load_checkpoint
-
-    return load_checkpoint(checkpoint)["config"]["train"].get("iterations")
-
-
 def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], seed: int, profile: str,
                 plan: dict, iterations: int | None, split_seed: int, work_dir: str, threads: int,
                 reuse: str | None = None) -> dict:
@@ -159,7 +153,7 @@ def run_variant(data: str, variant: str, subset: int, labeled_ids: list[str], se
     reused = None
     if reuse and not overrides:
         candidate = Path(reuse) / f"{method}_subset{subset}_seed{seed}" / "model.pt"
-        reused = candidate if candidate.exists() and _trained_iterations(candidate) == cfg.train.iterations else None
+        reused = candidate if candidate.exists() and trained_as(candidate, cfg) else None
     t0 = time.perf_counter()
     if reused is None:
         chosen = set(labeled_ids)

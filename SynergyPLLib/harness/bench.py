@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..engine.calibration import classwise_ece, expected_calibration_error
-from ..engine.config import EngineConfig, profile_config
+from ..engine.config import DEFAULT_WARMUP, EngineConfig, profile_config, warmup_fraction_for
 from ..engine.data import CaseSpec, LoadedCase, Preprocessor, load_cases, load_decathlon
 from ..engine.error_model import default_settings, fit_error_model_for_checkpoint
 from ..engine.inference import Predictor
@@ -113,10 +113,10 @@ def run_config(profile: str, classes: list[str], method: str, seed: int, plan: d
                iterations: int | None) -> EngineConfig:
     """The profile's config with the dataset's plan applied (``iterations`` overrides the plan's)."""
     cfg = profile_config(profile, classes)
+    cfg.train.method = method  # first: the plan's warm start applies to the methods that warm-start
+    cfg.train.seed = seed
     if plan:
         Plan(**plan).apply(cfg)
-    cfg.train.method = method
-    cfg.train.seed = seed
     if iterations:
         cfg.train.iterations = iterations
         cfg.train.val_every = min(cfg.train.val_every, iterations)
@@ -254,22 +254,30 @@ class ReusedRun:
     train_seconds: float
 
 
-def reuse_run(run_dir: Path, iterations: int, data: str, split_seed: int, previous: dict | None,
+def trained_as(checkpoint: Path, cfg: EngineConfig) -> bool:
+    """Whether ``checkpoint`` was trained with ``cfg``'s iteration budget and warm start: what a run reused in
+    ``cfg``'s place must share (the rest of a bench's config is fixed by its plan, checked by ``--update``)."""
+    train = EngineConfig.from_dict(load_checkpoint(checkpoint)["config"]).train
+    return train.iterations == cfg.train.iterations and warmup_fraction_for(train) == warmup_fraction_for(cfg.train)
+
+
+def reuse_run(run_dir: Path, cfg: EngineConfig, data: str, split_seed: int, previous: dict | None,
               heatmap: bool = True) -> ReusedRun | None:
-    """The finished run in ``run_dir`` (None when there is none), its error model fitted on the validation
+    """The finished run in ``run_dir`` trained as ``cfg`` (:func:`trained_as`; None when there is none), its
+    error model fitted on the validation
     split first if its checkpoint has none, or (``heatmap``: its heatmap is measured) one fitted with other
     settings than today's (:func:`~SynergyPLLib.engine.error_model.default_settings`, e.g. before the view
     pass had its own window overlap).
     Iterations and train seconds: the checkpoint's metrics, else
     ``previous`` (the run's entry in the earlier results.json), else the state's iteration and 0 s."""
-    if not finished_run(run_dir, iterations):
-        return None
     path = run_dir / "model.pt"
+    if not finished_run(run_dir, cfg.train.iterations) or not trained_as(path, cfg):
+        return None
     ckpt = load_checkpoint(path)
-    cfg = EngineConfig.from_dict(ckpt["config"])
+    trained = EngineConfig.from_dict(ckpt["config"])
     stored = ckpt.get("error_model")
-    if stored is None or (heatmap and stored.get("settings") != default_settings(cfg)):
-        val = _loaded(data, split_seed, cfg.preprocess)[3]
+    if stored is None or (heatmap and stored.get("settings") != default_settings(trained)):
+        val = _loaded(data, split_seed, trained.preprocess)[3]
         fit_error_model_for_checkpoint(path, val)
         ckpt = load_checkpoint(path)
     m, previous = ckpt.get("metrics", {}), previous or {}
@@ -298,7 +306,7 @@ def run_one(data: str, test_data: str | None, method: str, subset: int, labeled_
     tests = test_cases(split, test_data)
     check_no_leak([c.id for c in (*pool, *val)], [c.image for c in (*split.pool, *split.validation)], split, tests)
     out_dir = Path(work_dir) / f"{method}_subset{subset}_seed{seed}"
-    result = (reuse_run(out_dir, cfg.train.iterations, data, split_seed, previous, method in UNCERTAINTY_MODELS)
+    result = (reuse_run(out_dir, cfg, data, split_seed, previous, method in UNCERTAINTY_MODELS)
               if reuse else None)
     if result is None:
         result = Trainer(cfg, lab, unl, val, out_dir).run(on_progress=_iteration_bar(cfg.train.iterations, method)
@@ -339,7 +347,7 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
               test_data: str | None = None, iterations: int | None = None, workers: int = 1,
               progress: bool = True, subsets: int = 3, split_seed: int = SPLIT_SEED,
               measure_plan: bool = False, reuse_runs: bool = False, update: bool = False,
-              resolution: str = "full") -> dict:
+              resolution: str = "full", warmup: float | None = None) -> dict:
     """Run every (method, subset, seed); write results.json, details.json, uncertainty.json, report.md, dice.png.
 
     ``reuse_runs``: runs that finished in an earlier bench into the same ``out`` are not trained again,
@@ -349,7 +357,11 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
     else a ValueError); the methods whose error detection is measured must be among ``methods``.
     ``resolution``: ``full``, ``low`` (the planner's low-resolution candidate) or ``auto`` (chosen on validation
     by :func:`.resolution.resolution_for`, recorded in ``out/resolution.json``).
+    ``warmup``: the warm-start share of mean_teacher and synergypl (``DEFAULT_WARMUP``'s methods) when one was
+    chosen for the dataset on validation (the ablation table); recorded as the plan's ``warmup_fraction``.
     """
+    if warmup is not None and not 0.0 <= warmup < 1.0:
+        raise ValueError(f"--warmup must lie in [0, 1) (a share of the iterations), got {warmup}")
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
     if update and not set(UNCERTAINTY_MODELS) <= set(methods):
@@ -368,6 +380,7 @@ def run_bench(data: str, labeled: int, methods: list[str], seeds: list[int], pro
         plan.iterations = iterations  # an explicit budget (tests, quick looks); recorded in the plan
         plan.val_every = min(plan.val_every, iterations)
         plan.estimated_train_seconds = None
+    plan.warmup_fraction = warmup
     pool_ids = [c.id for c in split.pool]
     subset_ids = draw_subsets(pool_ids, labeled, subsets) if any(m != "full" for m in methods) else [pool_ids]
     jobs = [(m, k, s) for s in seeds for k in range(len(subset_ids)) for m in methods if not (m == "full" and k)]
@@ -416,7 +429,8 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
     """What ``--update`` keeps from ``out``'s results.json and details.json: ``{"methods": the earlier method
     order, "runs": [...], "details": [...]}`` of every method not in ``rerun``. Raises ValueError naming what
     differs when the earlier bench measured something else (dataset, labeled count, split, subsets, seeds,
-    or plan), or when there is no earlier bench to update."""
+    or plan; a warm start of its own only where a method that warm-starts is carried), or when there is no
+    earlier bench to update."""
     try:
         before = json.loads((out / "results.json").read_text())
         before_details = json.loads((out / "details.json").read_text())["runs"]
@@ -425,6 +439,12 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
     plan_now = json.loads(json.dumps({k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}))
     plan_then = {"resolution": "full",  # benches from before the resolution choice planned at full resolution
                  **{k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}}
+    warmup_then, warmup_now = plan_then.pop("warmup_fraction", None), plan_now.pop("warmup_fraction", None)
+    if warmup_then != warmup_now and (stale := [m for m in before.get("summary", {})
+                                                if m in DEFAULT_WARMUP and m not in rerun]):
+        raise ValueError(f"--update: the bench in {out} trained {', '.join(stale)} with another warm start "
+                         f"({warmup_then} against {warmup_now}; None: the method's default); add "
+                         f"{', '.join(stale)} to --methods")
     differs = [name for name, then, now in (
         ("dataset", before.get("dataset"), dataset), ("labeled", before.get("labeled"), labeled),
         ("split", before.get("split"), split_doc),

@@ -136,7 +136,9 @@ def write_report(results: dict, details: list[dict], unc: dict, out: Path) -> No
              f"Plan: patch {plan['patch_size']}, spacing {plan['spacing'] or 'each image its own'}, batch "
              f"{plan['batch_labeled']} + {plan['batch_unlabeled']}, {plan['iterations']} iterations"
              + (f", estimated {plan['estimated_train_seconds'] / 60:.1f} min of training per run"
-                if plan.get("estimated_train_seconds") else "") + ".", "",
+                if plan.get("estimated_train_seconds") else "")
+             + (f"; warm start {plan['warmup_fraction']} of the iterations for mean_teacher and synergypl (chosen "
+                "on validation)" if plan.get("warmup_fraction") is not None else "") + ".", "",
              "Dice: mean ± std over runs (subsets x seeds). vs supervised / vs mean_teacher: mean paired Dice "
              "difference in points (same test case, subset and seed) with its bootstrap 95% interval over test cases.", "",
              "| method | Dice | " + " | ".join(f"Dice {c}" for c in classes)

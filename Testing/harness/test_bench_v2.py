@@ -287,3 +287,57 @@ def test_update_reruns_some_methods_and_keeps_the_others(tiny, tmp_path, capsys)
     assert res["summary"]["mean_teacher"]["dice_mean"] == pytest.approx(base["summary"]["mean_teacher"]["dice_mean"])
     unc = json.loads((out2 / "uncertainty.json").read_text())
     assert len(unc["per_seed"]) == 2 and len(unc["by_model"]["supervised"]["per_seed"]) == 2
+
+
+@needs_data
+def test_warmup_is_planned_for_the_warm_starting_methods_and_guards_update_and_reuse(tiny, tmp_path, capsys):
+    data, out, _ = tiny
+    out2 = tmp_path / "out"
+    shutil.copytree(out, out2)
+    base = json.loads((out2 / "results.json").read_text())
+    assert base["plan"]["warmup_fraction"] is None  # the methods' defaults
+    args = ["bench", "--data", str(data), "--labeled", "2", "--subsets", "2", "--seeds", "0", "--profile", "cpu",
+            "--iterations", str(TINY_ITERATIONS), "--update", "--reuse-runs", "--out", str(out2)]
+    states = {p.parent.name: p.stat().st_mtime_ns for p in (out2 / "runs").glob("*/state.pt")}
+    assert main([*args, "--methods", "supervised,synergypl", "--warmup", "1.2"]) == 2
+    assert "--warmup must lie in [0, 1)" in capsys.readouterr().err
+    # the carried mean_teacher runs were trained with their default warm start: refused before training
+    assert main([*args, "--methods", "supervised,synergypl", "--warmup", "0.5"]) == 2
+    assert "trained mean_teacher with another warm start (None against 0.5" in capsys.readouterr().err
+    assert json.loads((out2 / "results.json").read_text()) == base
+    assert not (out2 / "runs" / "synergypl_subset0_seed0").exists()
+
+    assert main([*args, "--methods", "supervised,mean_teacher,synergypl", "--warmup", "0.5"]) == 0
+    res = json.loads((out2 / "results.json").read_text())
+    assert res["plan"]["warmup_fraction"] == 0.5
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out2 / "runs").glob("*/state.pt")}
+    for k in (0, 1):  # supervised does not warm-start: reused; mean_teacher had another warm start: trained again
+        assert after[f"supervised_subset{k}_seed0"] == states[f"supervised_subset{k}_seed0"]
+        assert after[f"mean_teacher_subset{k}_seed0"] != states[f"mean_teacher_subset{k}_seed0"]
+    for method, share, warm_iterations in (("mean_teacher", 0.5, 2), ("synergypl", 0.5, 2), ("supervised", None, 0)):
+        ckpt = torch.load(out2 / "runs" / f"{method}_subset0_seed0" / "model.pt", map_location="cpu",
+                          weights_only=False)
+        assert ckpt["config"]["train"]["warmup_fraction"] == share
+        assert ckpt["metrics"]["warmup_iterations"] == warm_iterations  # 0.5 of 4 (the default 0.3 gives 1)
+    assert "warm start 0.5 of the iterations for mean_teacher and synergypl" in (out2 / "report.md").read_text()
+
+
+@needs_data
+def test_a_run_is_reused_only_when_trained_with_the_same_budget_and_warm_start(tiny):
+    from SynergyPLLib.harness.bench import run_config, trained_as
+
+    data, out, _ = tiny
+    res = json.loads((out / "results.json").read_text())
+    checkpoint = out / "runs" / "mean_teacher_subset0_seed0" / "model.pt"
+
+    def cfg(method="mean_teacher", iterations=None, warmup=None):
+        return run_config("cpu", ["background", *res["classes"]], method, 0,
+                          {**res["plan"], "warmup_fraction": warmup}, iterations)
+
+    assert trained_as(checkpoint, cfg())
+    assert trained_as(checkpoint, cfg(warmup=0.3))  # the default written out is the same warm start
+    assert not trained_as(checkpoint, cfg(warmup=0.5))
+    assert not trained_as(checkpoint, cfg(iterations=TINY_ITERATIONS + 1))
+    # the plan's warm start is for the methods that warm-start: sgrs stays as published, from scratch
+    assert cfg("sgrs", warmup=0.5).train.warmup_fraction is None
+    assert cfg("synergypl", warmup=0.5).train.warmup_fraction == 0.5
