@@ -42,6 +42,7 @@ network on the planned patch, for a machine the constants do not describe.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,6 +144,20 @@ class Plan:
         if self.warmup_fraction is not None and cfg.train.method in DEFAULT_WARMUP:
             cfg.train.warmup_fraction = float(self.warmup_fraction)
         return cfg
+
+
+# what a plan recorded before these fields existed meant by leaving them out
+PLAN_FIELD_DEFAULTS = {"resolution": "full", "warmup_fraction": None}
+# measured on this machine, not chosen: an earlier plan's timing estimate may differ from today's
+PLAN_NOT_COMPARED = ("estimated_train_seconds", "seconds_per_iteration")
+
+
+def comparable_plan(plan: dict) -> dict:
+    """A recorded plan (:meth:`Plan.to_dict`, perhaps written before some fields existed) as two are compared
+    to tell whether they planned the same: the later fields' defaults filled in (``PLAN_FIELD_DEFAULTS``), the
+    measured timings left out, in JSON form (tuples as lists)."""
+    kept = {k: v for k, v in plan.items() if k not in PLAN_NOT_COMPARED}
+    return json.loads(json.dumps({**PLAN_FIELD_DEFAULTS, **kept}))
 
 
 def _ras_order(direction) -> list[int]:

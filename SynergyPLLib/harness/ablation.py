@@ -33,6 +33,7 @@ import torch
 
 from ..engine.config import EngineConfig
 from ..engine.data import LoadedCase, load_decathlon
+from ..engine.planning import comparable_plan
 from ..engine.trainer import Trainer
 from .bench import (
     SPLIT_SEED,
@@ -224,7 +225,8 @@ def merged_variants(previous: Path, doc: dict, measured: dict[str, dict]) -> dic
             old = json.loads(previous.read_text())
         except ValueError:
             old = {}
-        if all(old.get(k) == doc[k] for k in _SAME_TABLE):
+        same_plan = comparable_plan(old.get("plan") or {}) == comparable_plan(doc["plan"])
+        if same_plan and all(old.get(k) == doc[k] for k in _SAME_TABLE if k != "plan"):
             for name, row in old.get("variants", {}).items():
                 rows.setdefault(name, row)
     order = list(VARIANTS)

@@ -42,7 +42,7 @@ from ..engine.inference import Predictor
 from ..engine.io import read_volume
 from ..engine.metrics import segmentation_metrics
 from ..engine.model import load_checkpoint
-from ..engine.planning import Plan, plan_dataset
+from ..engine.planning import Plan, comparable_plan, plan_dataset
 from ..engine.trainer import Trainer
 from ..engine.uncertainty import (
     ErrorDetectionAccumulator,
@@ -436,10 +436,8 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
         before_details = json.loads((out / "details.json").read_text())["runs"]
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"--update needs an earlier bench in {out} (results.json and details.json): {e}") from None
-    plan_now = json.loads(json.dumps({k: v for k, v in plan.items() if k not in _PLAN_NOT_COMPARED}))
-    plan_then = {"resolution": "full",  # benches from before the resolution choice planned at full resolution
-                 **{k: v for k, v in before.get("plan", {}).items() if k not in _PLAN_NOT_COMPARED}}
-    warmup_then, warmup_now = plan_then.pop("warmup_fraction", None), plan_now.pop("warmup_fraction", None)
+    plan_now, plan_then = comparable_plan(plan), comparable_plan(before.get("plan", {}))
+    warmup_then, warmup_now = plan_then.pop("warmup_fraction"), plan_now.pop("warmup_fraction")
     if warmup_then != warmup_now and (stale := [m for m in before.get("summary", {})
                                                 if m in DEFAULT_WARMUP and m not in rerun]):
         raise ValueError(f"--update: the bench in {out} trained {', '.join(stale)} with another warm start "
@@ -460,10 +458,6 @@ def carried_methods(out: Path, dataset: str, labeled: int, split_doc: dict, seed
         raise ValueError(f"--update: {out / 'details.json'} has no per-case results for {missing}")
     return {"methods": list(before.get("summary", {})), "runs": kept,
             "details": [key[(r["method"], r["subset"], r["seed"])] for r in kept]}
-
-
-# measured on this machine, not chosen: an earlier bench's timing estimate may differ from today's
-_PLAN_NOT_COMPARED = ("estimated_train_seconds", "seconds_per_iteration")
 
 
 def _previous_runs(path: Path) -> dict:

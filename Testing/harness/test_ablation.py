@@ -101,6 +101,11 @@ def test_rows_of_another_table_are_not_merged(tmp_path):
     new = {"synergypl": {"val_dice_mean": 0.6}}
     assert list(merged_variants(previous, table, new)) == ["supervised", "synergypl", "mixup"]  # VARIANTS order
     assert merged_variants(previous, {**table, "plan": {"iterations": 300}}, new) == new  # another plan
+    # a table planned before the plan recorded these fields planned with their defaults; timings are not compared
+    written_now = {"iterations": 600, "resolution": "full", "warmup_fraction": None, "seconds_per_iteration": 0.3}
+    assert list(merged_variants(previous, {**table, "plan": written_now}, new)) == ["supervised", "synergypl", "mixup"]
+    assert merged_variants(previous, {**table, "plan": {**written_now, "resolution": "low"}}, new) == new
+    assert merged_variants(previous, {**table, "plan": {**written_now, "warmup_fraction": 0.5}}, new) == new
     assert merged_variants(previous, {**table, "iterations": 1200}, new) == new  # --iterations
     assert merged_variants(previous, {**table, "subsets": [["b"]]}, new) == new  # other labeled cases
     previous.write_text("{not json")

@@ -172,6 +172,12 @@ def test_apply_writes_the_engine_config(plans):
     cfg = cpu.apply(profile_config("cpu", ["background", "a", "b", "c", "d"]))
     assert cfg.preprocess.spacing == tuple(cpu.spacing) and cfg.train.patch_size == tuple(cpu.patch_size)
     assert (cfg.train.batch_labeled, cfg.train.iterations) == (cpu.batch_labeled, cpu.iterations)
+    assert cfg.train.warmup_fraction is None  # no warm start chosen: the method's default
+    warm = Plan(**{**cpu.to_dict(), "warmup_fraction": 0.5})
+    for method, share in (("synergypl", 0.5), ("mean_teacher", 0.5), ("sgrs", None), ("supervised", None)):
+        cfg = profile_config("cpu", ["background", "a", "b", "c", "d"])
+        cfg.train.method = method
+        assert warm.apply(cfg).train.warmup_fraction == share  # sgrs stays as published
 
 
 def test_users_own_folder_in_network_axis_order(tmp_path):
